@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` then `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU build of torch for development and CI; GPU users install their own CUDA build first.
+TORCH_SPEC ?= torch==2.13.0
+DEMO_CKPT := .cache/tiny-checkpoint
+DEMO_OUT := demo-output
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	RAY_AUTH_MODE=disabled $(BIN)/acestep-batch model make-tiny $(DEMO_CKPT)
+	RAY_AUTH_MODE=disabled $(BIN)/acestep-batch submit manifests/demo.parquet \
+		--output $(DEMO_OUT) --checkpoint $(DEMO_CKPT)
+
+test: install
+	RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+bench: install
+	RAY_AUTH_MODE=disabled $(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(DEMO_OUT) .cache .pytest_cache
