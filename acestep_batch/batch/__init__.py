@@ -1,0 +1,1 @@
+"""The Ray Data batch job: plan -> render on replica actors -> encode/check/write -> summary."""

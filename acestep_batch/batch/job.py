@@ -1,0 +1,217 @@
+"""`acestep-batch submit`: a resumable Ray Data job over a manifest.
+
+Shape: validate the whole manifest on the driver (nothing starts on a bad manifest) -> build a
+deterministic batch plan -> drop outputs already finished -> `map_batches` over an actor pool of
+`AceStepReplica`s (one resident pipeline each, `num_gpus` per actor) -> a CPU actor stage that
+checks, encodes and atomically writes audio and commits each batch's metadata Parquet -> the
+driver streams the small summary rows into a live progress bar and writes `run.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .. import __version__
+from ..manifest import OutputSpec, load_manifest, manifest_sha256
+from ..model.checkpoint import DEFAULT_CHECKPOINT
+from ..model.pipeline import EngineConfig
+from ..replica import AceStepReplica, ReplicaConfig
+from ..storage import Storage
+from .plan import AUDIO_DIR, METADATA_DIR, RUN_FILE, batch_rows, drop_finished, finished_outputs, plan_batches
+from .writer import AudioWriter, OutputOptions, audio_name
+
+
+@dataclass
+class JobConfig:
+    manifest: str
+    output: str
+    checkpoint: str = DEFAULT_CHECKPOINT
+    revision: str | None = None
+    lyric_vocab: str | None = None
+    dtype: str | None = None
+    address: str | None = None  # None: embedded local Ray; "auto" or "ray://host:10001": a cluster
+    replicas: int | None = None  # None: one per GPU (by gpus_per_replica), or 1 without GPUs
+    gpus_per_replica: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    cpus_per_replica: float = 1.0
+    batch_size: int = 4
+    format: str = "wav"
+    sample_rate: int = 44100
+    bit_depth: str = "24"
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False
+    dry_run: bool = False
+    local_num_cpus: int | None = None  # embedded Ray only
+    local_num_gpus: int | None = None  # embedded Ray only (logical GPUs are fine for tests)
+    ray_progress_bars: bool = False
+    dashboard: bool = False
+    show_progress: bool = True
+
+
+@dataclass
+class JobSummary:
+    total: int
+    generated: int
+    skipped: int
+    failed: int
+    audio_seconds: float
+    wall_seconds: float
+    output: str
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def line(self) -> str:
+        return f"{self.generated} generated, {self.skipped} skipped, {self.failed} failed"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _versions() -> dict[str, str]:
+    import ray
+    import torch
+
+    return {"acestep_batch": __version__, "torch": torch.__version__, "ray": ray.__version__,
+            "python": platform.python_version()}
+
+
+def _formats(specs: list[OutputSpec], default: str) -> dict[str, str]:
+    return {spec.output_id: spec.format or default for spec in specs}
+
+
+def _remove_previous(storage: Storage, names: dict[str, str]) -> None:
+    """--overwrite: forget earlier results of this manifest (only files this job owns)."""
+    for name in storage.list(METADATA_DIR, suffix=".parquet"):
+        storage.delete(f"{METADATA_DIR}/{name}")
+    present = set(storage.list(AUDIO_DIR))
+    for name in names.values():
+        if name in present:
+            storage.delete(f"{AUDIO_DIR}/{name}")
+
+
+def _start_ray(config: JobConfig, replicas_hint: int) -> bool:
+    """Connect to (or start) Ray; returns True when this call started an embedded instance."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.data.DataContext.get_current().enable_progress_bars = config.ray_progress_bars
+    if config.address:
+        ray.init(address=config.address, log_to_driver=True)
+        return True
+    cpus = config.local_num_cpus or max(os.cpu_count() or 1, math.ceil(replicas_hint * config.cpus_per_replica) + 1)
+    ray.init(num_cpus=cpus, num_gpus=config.local_num_gpus, include_dashboard=config.dashboard,
+             dashboard_host="127.0.0.1", log_to_driver=True)
+    return True
+
+
+def _replica_layout(config: JobConfig) -> tuple[int, float]:
+    import ray
+
+    cluster_gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    gpus = config.gpus_per_replica if config.gpus_per_replica is not None else (1.0 if cluster_gpus else 0.0)
+    if config.replicas is not None:
+        replicas = config.replicas
+    elif gpus > 0:
+        replicas = max(1, int(cluster_gpus // gpus))
+    else:
+        replicas = 1
+    if gpus * replicas > cluster_gpus + 1e-9:
+        raise ValueError(f"{replicas} replicas x {gpus} GPU need {gpus * replicas:g} GPUs; the cluster has {cluster_gpus:g}")
+    return replicas, gpus
+
+
+def run_job(config: JobConfig, echo: Callable[[str], None] = print) -> JobSummary:
+    """Run (or resume) a job. Raises ManifestError before anything starts on a bad manifest."""
+    started = time.time()
+    table, specs = load_manifest(config.manifest, config.storage_options)
+    storage = Storage(config.output, config.storage_options)
+    formats = _formats(specs, config.format)
+    names = {spec.output_id: audio_name(spec.output_id, formats[spec.output_id]) for spec in specs}
+    if config.overwrite and not config.dry_run:
+        _remove_previous(storage, names)
+    finished = finished_outputs(storage, names)
+    batches = drop_finished(plan_batches(specs, config.batch_size), finished)
+    pending = sum(len(batch.pending) for batch in batches)
+    skipped = len(specs) - pending
+    echo(f"manifest {config.manifest}: {table.num_rows} rows -> {len(specs)} outputs; "
+         f"{skipped} already finished, {pending} to render in {len(batches)} batches")
+    if config.dry_run or not batches:
+        summary = JobSummary(len(specs), 0, skipped, 0, 0.0, time.time() - started, storage.url())
+        echo(("dry run: nothing written. " if config.dry_run else "") + summary.line())
+        return summary
+
+    run_record: dict[str, Any] = {
+        "status": "running", "manifest": config.manifest, "manifest_sha256": manifest_sha256(table),
+        "output": storage.url(), "started_at": _now(), "finished_at": None,
+        "options": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("storage_options",)},
+        "counts": {"outputs": len(specs), "rows": table.num_rows, "skipped": skipped, "pending": pending},
+        "versions": _versions(),
+    }
+    storage.write_text(RUN_FILE, json.dumps(run_record, indent=2))
+
+    started_ray = _start_ray(config, config.replicas or 1)
+    try:
+        summary = _execute(config, storage, batches, formats, pending, skipped, len(specs), started, echo)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    run_record.update(
+        status="finished", finished_at=_now(),
+        counts={**run_record["counts"], "generated": summary.generated, "failed": summary.failed,
+                "audio_seconds": summary.audio_seconds},
+    )
+    storage.write_text(RUN_FILE, json.dumps(run_record, indent=2))
+    return summary
+
+
+def _execute(config, storage, batches, formats, pending, skipped, total, started, echo) -> JobSummary:
+    import ray
+
+    from .progress import JobProgress
+
+    replicas, gpus = _replica_layout(config)
+    replicas = min(replicas, len(batches))
+    engine = EngineConfig(checkpoint=config.checkpoint, revision=config.revision, dtype=config.dtype,
+                          lyric_vocab=config.lyric_vocab)
+    replica_config = ReplicaConfig(engine=engine, sample_rate=config.sample_rate)
+    output_options = OutputOptions(uri=config.output, storage_options=config.storage_options, bit_depth=config.bit_depth)
+    echo(f"rendering on {replicas} replica(s) x {gpus:g} GPU, batch size {config.batch_size}; output {storage.url()}")
+
+    dataset = ray.data.from_items(batch_rows(batches, formats), override_num_blocks=len(batches))
+    dataset = dataset.map_batches(
+        AceStepReplica, fn_constructor_kwargs={"config": replica_config}, batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=replicas), num_gpus=gpus, num_cpus=config.cpus_per_replica,
+    )
+    dataset = dataset.map_batches(
+        AudioWriter, fn_constructor_kwargs={"options": output_options}, batch_size=None,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=0.25,
+    )
+    generated = failed = 0
+    audio_seconds = 0.0
+    failures: list[tuple[str, str]] = []
+    with JobProgress(pending, enabled=config.show_progress) as progress:
+        for row in dataset.iter_rows():
+            if row["status"] == "ok":
+                generated += 1
+                audio_seconds += float(row["audio_seconds"])
+            else:
+                failed += 1
+                failures.append((row["output_id"], row["error"] or ""))
+            progress.advance(float(row["audio_seconds"] or 0.0))
+    summary = JobSummary(total, generated, skipped, failed, audio_seconds, time.time() - started, storage.url(), failures)
+    for output_id, error in failures[:10]:
+        echo(f"failed {output_id}: {error.splitlines()[-1] if error else 'unknown error'}")
+    echo(f"{summary.line()}; {audio_seconds:.1f} s of audio in {summary.wall_seconds:.1f} s")
+    echo(f"audio: {storage.url(AUDIO_DIR)}  metadata: {storage.url(METADATA_DIR)}  run record: {storage.url(RUN_FILE)}")
+    return summary

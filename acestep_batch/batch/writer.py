@@ -1,0 +1,95 @@
+"""CPU stage: check, encode and atomically write audio, then commit the batch's metadata."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .. import __version__
+from ..audio.encode import FILE_EXTENSIONS, encode_audio
+from ..audio.qc import check_audio, sanitize
+from ..storage import Storage
+from .plan import AUDIO_DIR, METADATA_DIR
+
+
+@dataclass
+class OutputOptions:
+    uri: str
+    storage_options: dict[str, Any]
+    bit_depth: str = "24"
+
+
+def audio_name(output_id: str, fmt: str) -> str:
+    return f"{output_id}.{FILE_EXTENSIONS[fmt]}"
+
+
+class AudioWriter:
+    """Ray Data callable: rendered rows in, one metadata row per written output out."""
+
+    def __init__(self, options: OutputOptions) -> None:
+        self.options = options
+        self.storage = Storage(options.uri, options.storage_options)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        rows = [self._write_one(batch, index) for index in range(len(batch["spec"]))]
+        rows = [row for row in rows if row is not None]
+        if rows:
+            # Audio files are committed first; this metadata file then commits the batch.
+            self.storage.write_parquet(f"{METADATA_DIR}/part-{uuid.uuid4().hex}.parquet", pa.Table.from_pylist(rows))
+        summary_keys = ("output_id", "status", "error", "audio_seconds", "generate_s")
+        return {key: [row[key] for row in rows] for key in summary_keys}
+
+    def _write_one(self, batch: dict[str, np.ndarray], index: int) -> dict[str, Any] | None:
+        spec = json.loads(batch["spec"][index])
+        if not spec["write"]:
+            return None  # already finished in an earlier run; rendered only to keep the batch intact
+        engine = json.loads(batch["engine"][index])
+        fmt, bit_depth = spec["format"], self.options.bit_depth
+        status, error = str(batch["status"][index]), str(batch["error"][index])
+        sample_rate = int(batch["sample_rate"][index])
+        row: dict[str, Any] = {
+            "output_id": spec["output_id"], "id": spec["id"], "row": spec["row"], "variation": spec["variation"],
+            "audio_uri": None, "status": status, "error": error or None,
+            **spec["request"],
+            "format": fmt, "sample_rate": sample_rate, "channels": 0, "bit_depth": bit_depth if fmt in ("wav", "flac") else None,
+            "num_samples": 0, "audio_seconds": 0.0, "peak_dbfs": None, "rms_dbfs": None, "clipped_samples": None,
+            "checkpoint": engine.get("checkpoint"), "checkpoint_revision": engine.get("revision"),
+            "checkpoint_fingerprint": engine.get("fingerprint"), "device": engine.get("device"),
+            "dtype": engine.get("dtype"), "replica": engine.get("replica"), "package_version": __version__,
+            "generate_s": float(batch["generate_s"][index]), "encode_s": 0.0,
+            "batch_size": int(batch["batch_size"][index]),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if status == "ok":
+            self._encode_and_store(row, batch, index, spec, fmt, bit_depth, sample_rate)
+        row.update({key: value for key, value in spec["extra"].items() if key not in row})
+        return row
+
+    def _encode_and_store(self, row, batch, index, spec, fmt, bit_depth, sample_rate) -> None:
+        import time
+
+        started = time.perf_counter()
+        channels, frames = int(batch["channels"][index]), int(batch["frames"][index])
+        wave = np.frombuffer(batch["audio"][index], dtype=np.float32).reshape(channels, frames)
+        report = check_audio(wave)
+        row.update(
+            channels=channels, num_samples=frames, audio_seconds=frames / sample_rate,
+            peak_dbfs=report.peak_dbfs, rms_dbfs=report.rms_dbfs, clipped_samples=report.clipped_samples,
+        )
+        if not report.ok:
+            row.update(status="failed", error="quality check failed: " + "; ".join(report.problems))
+            return
+        try:
+            data = encode_audio(sanitize(wave), sample_rate, fmt, bit_depth)
+            name = f"{AUDIO_DIR}/{audio_name(spec['output_id'], fmt)}"
+            self.storage.write_bytes(name, data)
+        except Exception as error:  # one output's encode/write failure must not stop the job
+            row.update(status="failed", error=f"encode/write failed: {type(error).__name__}: {error}")
+            return
+        row.update(audio_uri=self.storage.url(name), encode_s=time.perf_counter() - started)

@@ -1,0 +1,233 @@
+"""`acestep-batch` command line (typer). Thin: every command calls into the package."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .model.checkpoint import DEFAULT_CHECKPOINT
+from .model.request import GenerationRequest
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Dataset-scale music generation with ACE-Step v1 on Ray.")
+manifest_app = typer.Typer(no_args_is_help=True, help="Manifest tools.")
+model_app = typer.Typer(no_args_is_help=True, help="Checkpoint tools.")
+app.add_typer(manifest_app, name="manifest")
+app.add_typer(model_app, name="model")
+
+EXIT_BAD_INPUT = 2
+_DEFAULTS = GenerationRequest(prompt="")
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def _storage_options(text: Optional[str]) -> dict:
+    from .storage import parse_storage_options
+
+    try:
+        return parse_storage_options(text)
+    except ValueError as error:
+        _fail(f"--storage-options: {error}")
+        return {}
+
+
+def _precheck_checkpoint(checkpoint: str, revision: Optional[str]) -> None:
+    """Catch a wrong local checkpoint on the driver, before any replica starts."""
+    from .model.checkpoint import CheckpointError, resolve_checkpoint
+
+    if Path(checkpoint).expanduser().exists():
+        try:
+            resolve_checkpoint(checkpoint, revision)
+        except CheckpointError as error:
+            _fail(f"checkpoint: {error}")
+
+
+@app.command()
+def submit(
+    manifest: str = typer.Argument(..., help="Parquet/JSONL/CSV manifest: a file or folder, local or any fsspec URL."),
+    output: str = typer.Option(..., "--output", "-o", help="Output prefix: a local folder or fsspec URL (s3://bucket/run1)."),
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Local checkpoint folder or Hugging Face repo id."),
+    revision: Optional[str] = typer.Option(None, help="Hub revision of the checkpoint."),
+    lyric_vocab: Optional[str] = typer.Option(None, help="Path of the lyric BPE vocabulary (vocab.json)."),
+    address: Optional[str] = typer.Option(None, help="Ray address ('auto', 'ray://host:10001'); default: embedded local Ray."),
+    replicas: Optional[int] = typer.Option(None, min=1, help="Model replicas; default one per GPU, or 1 without GPUs."),
+    gpus_per_replica: Optional[float] = typer.Option(None, min=0.0, help="GPUs per replica (default 1 with GPUs)."),
+    cpus_per_replica: float = typer.Option(1.0, min=0.0, help="CPUs reserved per replica."),
+    batch_size: int = typer.Option(4, min=1, help="Outputs per sampler batch (items with equal steps/scheduler)."),
+    format: str = typer.Option("wav", "--format", help="wav, flac, ogg or mp3 (a manifest 'format' column overrides)."),
+    sample_rate: int = typer.Option(44100, help="44100 (the model's rate) or 48000 (resampled, as upstream writes)."),
+    bit_depth: str = typer.Option("24", help="16, 24 or float (wav/flac; float is wav only)."),
+    storage_options: Optional[str] = typer.Option(None, help="JSON object of fsspec storage options (S3 endpoint, keys)."),
+    dtype: Optional[str] = typer.Option(None, help="bfloat16 or float32; default bf16 on CUDA, fp32 on CPU."),
+    overwrite: bool = typer.Option(False, help="Re-render everything instead of resuming."),
+    dry_run: bool = typer.Option(False, help="Validate and plan, then stop without rendering."),
+    num_cpus: Optional[int] = typer.Option(None, help="Embedded Ray only: logical CPUs."),
+    num_gpus: Optional[int] = typer.Option(None, help="Embedded Ray only: logical GPUs."),
+    dashboard: bool = typer.Option(False, help="Embedded Ray only: start the Ray dashboard on 127.0.0.1:8265."),
+    progress: bool = typer.Option(True, help="Show the live progress bar."),
+) -> None:
+    """Render every output of MANIFEST to OUTPUT (resumable: finished outputs are skipped)."""
+    from .audio.encode import AUDIO_FORMATS, BIT_DEPTHS
+    from .batch.job import JobConfig, run_job
+    from .manifest import ManifestError
+
+    if format not in AUDIO_FORMATS:
+        _fail(f"--format must be one of {', '.join(AUDIO_FORMATS)}, got {format!r}")
+    if bit_depth not in BIT_DEPTHS:
+        _fail(f"--bit-depth must be one of {', '.join(BIT_DEPTHS)}, got {bit_depth!r}")
+    if format == "flac" and bit_depth == "float":
+        _fail("--bit-depth float is not possible with FLAC; use 16 or 24")
+    if sample_rate not in (44100, 48000):
+        _fail(f"--sample-rate must be 44100 or 48000, got {sample_rate}")
+    _precheck_checkpoint(checkpoint, revision)
+    config = JobConfig(
+        manifest=manifest, output=output, checkpoint=checkpoint, revision=revision, lyric_vocab=lyric_vocab,
+        dtype=dtype, address=address, replicas=replicas, gpus_per_replica=gpus_per_replica,
+        cpus_per_replica=cpus_per_replica, batch_size=batch_size, format=format, sample_rate=sample_rate,
+        bit_depth=bit_depth, storage_options=_storage_options(storage_options), overwrite=overwrite,
+        dry_run=dry_run, local_num_cpus=num_cpus, local_num_gpus=num_gpus, dashboard=dashboard, show_progress=progress,
+    )
+    try:
+        summary = run_job(config, echo=typer.echo)
+    except ManifestError as error:
+        _fail(str(error))
+        return
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    uri: str = typer.Argument(..., help="Output prefix of a run."),
+    storage_options: Optional[str] = typer.Option(None, help="JSON object of fsspec storage options."),
+) -> None:
+    """Summarise a run: done / failed / pending, audio hours, throughput."""
+    from .batch.status import summarize_run
+
+    typer.echo(summarize_run(uri, _storage_options(storage_options)).render())
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Option(..., help="Tags / caption."),
+    out: Path = typer.Option(..., help="Output audio file (.wav, .flac, .ogg or .mp3)."),
+    lyrics: str = typer.Option("", help="Lyrics (empty: instrumental); '\\n' separates lines."),
+    duration: float = typer.Option(30.0, min=1.0, max=240.0, help="Seconds."),
+    seed: int = typer.Option(0, min=0),
+    steps: int = typer.Option(_DEFAULTS.steps, min=1),
+    guidance_scale: float = typer.Option(_DEFAULTS.guidance_scale),
+    scheduler: str = typer.Option(_DEFAULTS.scheduler, help="euler, heun or pingpong."),
+    cfg_type: str = typer.Option(_DEFAULTS.cfg_type, help="apg, cfg or cfg_star."),
+    omega_scale: float = typer.Option(_DEFAULTS.omega_scale),
+    guidance_interval: float = typer.Option(_DEFAULTS.guidance_interval),
+    guidance_interval_decay: float = typer.Option(_DEFAULTS.guidance_interval_decay),
+    min_guidance_scale: float = typer.Option(_DEFAULTS.min_guidance_scale),
+    guidance_scale_text: float = typer.Option(_DEFAULTS.guidance_scale_text),
+    guidance_scale_lyric: float = typer.Option(_DEFAULTS.guidance_scale_lyric),
+    use_erg_tag: bool = typer.Option(_DEFAULTS.use_erg_tag),
+    use_erg_lyric: bool = typer.Option(_DEFAULTS.use_erg_lyric),
+    use_erg_diffusion: bool = typer.Option(_DEFAULTS.use_erg_diffusion),
+    oss_steps: str = typer.Option("", help="Comma-separated step indices (euler/pingpong)."),
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT),
+    revision: Optional[str] = typer.Option(None),
+    lyric_vocab: Optional[str] = typer.Option(None),
+    sample_rate: int = typer.Option(44100, help="44100 or 48000."),
+    bit_depth: str = typer.Option("24", help="16, 24 or float."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1; default: cuda if available."),
+    dtype: Optional[str] = typer.Option(None, help="bfloat16 or float32."),
+) -> None:
+    """Render one request to a file (loads the model, renders, writes, exits)."""
+    from .audio.encode import FILE_EXTENSIONS, encode_audio
+    from .audio.qc import check_audio
+    from .model.checkpoint import CheckpointError
+    from .model.pipeline import AceStepPipeline, EngineConfig
+
+    fmt = out.suffix.lstrip(".").lower()
+    if fmt not in FILE_EXTENSIONS:
+        _fail(f"--out must end in one of {', '.join('.' + e for e in FILE_EXTENSIONS.values())}")
+    request = GenerationRequest(
+        prompt=prompt, lyrics=lyrics.replace("\\n", "\n"), duration=duration, seed=seed, steps=steps,
+        scheduler=scheduler, cfg_type=cfg_type, guidance_scale=guidance_scale, omega_scale=omega_scale,
+        guidance_interval=guidance_interval, guidance_interval_decay=guidance_interval_decay,
+        min_guidance_scale=min_guidance_scale, guidance_scale_text=guidance_scale_text,
+        guidance_scale_lyric=guidance_scale_lyric, use_erg_tag=use_erg_tag, use_erg_lyric=use_erg_lyric,
+        use_erg_diffusion=use_erg_diffusion, oss_steps=oss_steps,
+    )
+    try:
+        pipeline = AceStepPipeline.from_checkpoint(EngineConfig(
+            checkpoint=checkpoint, revision=revision, lyric_vocab=lyric_vocab, device=device, dtype=dtype))
+        result = pipeline.generate([request], sample_rate=sample_rate)[0]
+    except (CheckpointError, ValueError) as error:
+        _fail(str(error))
+        return
+    wave = result.audio.numpy()
+    report = check_audio(wave)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(encode_audio(wave, result.sample_rate, fmt, bit_depth))
+    typer.echo(f"wrote {out}: {wave.shape[1] / result.sample_rate:.3f} s, {wave.shape[0]} ch, {result.sample_rate} Hz, "
+               f"peak {report.peak_dbfs:.1f} dBFS; seed {request.seed}; "
+               + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items() if k.endswith("_s")))
+    if not report.ok:
+        _fail("quality check: " + "; ".join(report.problems), code=1)
+
+
+@manifest_app.command("validate")
+def manifest_validate(
+    manifest: str = typer.Argument(..., help="Manifest file or folder (local or fsspec URL)."),
+    storage_options: Optional[str] = typer.Option(None, help="JSON object of fsspec storage options."),
+) -> None:
+    """Check every row and report every problem at once (exit 2 when there are problems)."""
+    from .manifest import ManifestError, load_manifest
+
+    try:
+        table, specs = load_manifest(manifest, _storage_options(storage_options))
+    except ManifestError as error:
+        _fail(str(error))
+        return
+    typer.echo(f"{manifest}: OK, {table.num_rows} rows -> {len(specs)} outputs")
+
+
+@model_app.command("make-tiny")
+def model_make_tiny(
+    directory: Path = typer.Argument(..., help="Where to write the checkpoint."),
+    profile: str = typer.Option("tiny", help="tiny (fast, CPU tests) or parity (loads in upstream too)."),
+    seed: int = typer.Option(0, help="Weights are a deterministic function of (profile, seed)."),
+) -> None:
+    """Write a random-weight checkpoint in the official four-folder layout."""
+    from .model.tiny import PROFILES, make_tiny_checkpoint
+
+    if profile not in PROFILES:
+        _fail(f"--profile must be one of {', '.join(PROFILES)}")
+    path = make_tiny_checkpoint(directory, profile=profile, seed=seed)
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    typer.echo(f"wrote {profile} checkpoint to {path} ({size / 2**20:.1f} MiB)")
+
+
+@model_app.command("info")
+def model_info(
+    checkpoint: Optional[Path] = typer.Option(None, help="A local checkpoint folder; default: the full-size configuration."),
+) -> None:
+    """Parameter counts and bf16 memory per component (built on the meta device)."""
+    from .model.info import component_infos
+
+    infos = component_infos(checkpoint)
+    typer.echo(f"{'component':<14}{'parameters':>16}{'bf16 GiB':>10}")
+    for info in infos:
+        typer.echo(f"{info.name:<14}{info.parameters:>16,}{info.bf16_gib:>10.3f}")
+        for name, count in info.detail.items():
+            typer.echo(f"  {name:<28}{count:>16,}")
+    total = sum(info.parameters for info in infos)
+    typer.echo(f"{'total':<14}{total:>16,}{total * 2 / 2**30:>10.3f}")
+
+
+def main() -> None:
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

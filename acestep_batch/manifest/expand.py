@@ -1,0 +1,99 @@
+"""Expansion: one validated manifest row -> one `OutputSpec` per variation.
+
+Everything here is a pure function of the table's contents, so the same manifest yields the
+same output ids and seeds on every machine and every rerun; that is what lets a rerun skip
+outputs that already exist.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from acestep_batch.manifest.io import read_manifest
+from acestep_batch.manifest.schema import KNOWN_COLUMNS, output_id
+from acestep_batch.manifest.validate import ManifestError, check_manifest, manifest_uri
+from acestep_batch.model.request import GenerationRequest
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One audio file to render, with everything needed to name it and describe it."""
+
+    output_id: str  # `<id>`, or `<id>-<variation>` when the row asks for several variations
+    id: str  # the manifest row's id (given or derived)
+    row: int  # 1-based manifest row
+    request: GenerationRequest  # fully defaulted; seed = row seed + variation
+    variation: int
+    format: str | None  # per-row format override; None = the job's --format
+    extra: dict[str, Any]  # the user's own columns, as JSON-serialisable values
+
+
+def expand_manifest(table: pa.Table) -> list[OutputSpec]:
+    """All outputs of a manifest in row order, then variation order.
+
+    Raises ManifestError listing every problem if the manifest does not validate.
+    """
+    check = check_manifest(table)
+    if check.problems:
+        raise ManifestError(check.problems, uri=manifest_uri(table))
+    extra_columns = _extra_columns(table)
+    specs: list[OutputSpec] = []
+    for checked in check.rows:
+        extra = {name: to_json_value(values[checked.row - 1]) for name, values in extra_columns.items()}
+        for variation in range(checked.variations):
+            specs.append(
+                OutputSpec(
+                    output_id=output_id(checked.id, variation, checked.variations),
+                    id=checked.id,
+                    row=checked.row,
+                    request=GenerationRequest(**checked.request_fields, seed=checked.seed + variation),
+                    variation=variation,
+                    format=checked.format,
+                    extra=dict(extra),
+                )
+            )
+    return specs
+
+
+def load_manifest(
+    uri: str, storage_options: dict | None = None
+) -> tuple[pa.Table, list[OutputSpec]]:
+    """Read, validate and expand in one call; raises ManifestError on any problem."""
+    table = read_manifest(uri, storage_options)
+    return table, expand_manifest(table)
+
+
+def _extra_columns(table: pa.Table) -> dict[str, list[Any]]:
+    return {
+        name: column.to_pylist()
+        for name, column in zip(table.column_names, table.columns)
+        if name not in KNOWN_COLUMNS
+    }
+
+
+def to_json_value(value: Any) -> Any:
+    """Arrow's Python values made JSON-safe: dates as ISO text, decimals as numbers, bytes as
+    text, NaN/inf as null (JSON has no such numbers), map entries as [key, value] pairs."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, decimal.Decimal):
+        return to_json_value(int(value) if value == value.to_integral_value() else float(value))
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="backslashreplace")
+    if isinstance(value, dict):
+        return {str(key): to_json_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(item) for item in value]
+    return str(value)

@@ -1,0 +1,434 @@
+"""The manifest's columns: their types, defaults, ranges, and the id/seed derivation rules.
+
+Defaults come from `GenerationRequest` itself so the manifest can never drift from the engine.
+Every parser here turns one raw cell (as pyarrow hands it over) into the engine's value, or
+raises `InvalidValue` saying what a valid cell looks like; the wording of those messages is the
+user interface of a manifest, so it is kept next to the rule it explains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import decimal
+import difflib
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from acestep_batch.model.request import (
+    CFG_TYPES,
+    GENERATION_FIELDS,
+    MAX_DURATION_S,
+    MAX_SEED,
+    MIN_DURATION_S,
+    SCHEDULERS,
+    TASKS,
+    GenerationRequest,
+)
+
+AUDIO_FORMATS: tuple[str, ...] = ("wav", "flac", "ogg", "mp3")
+MAX_STEPS = 1000
+MAX_VARIATIONS = 1000
+MAX_ID_LENGTH = 128
+# Derived seeds stay below 2**31 so that seed + (variations - 1) can never pass MAX_SEED.
+DERIVED_SEED_LIMIT = 2**31
+DERIVED_ID_HEX_CHARS = 16
+
+# Columns the output metadata writes itself; a user column of the same name would be clobbered.
+RESERVED_COLUMNS: frozenset[str] = frozenset(
+    {
+        "output_id",
+        "audio_uri",
+        "status",
+        "error",
+        "sample_rate",
+        "channels",
+        "bit_depth",
+        "peak_dbfs",
+    }
+)
+RESERVED_PREFIX = "_"
+
+BOOL_STRINGS: Mapping[str, bool] = {
+    "true": True,
+    "false": False,
+    "1": True,
+    "0": False,
+    "yes": True,
+    "no": False,
+}
+
+# Schema metadata that `read_manifest` attaches so later error messages can name the source.
+METADATA_URI = b"acestep_batch.uri"
+METADATA_FILES = b"acestep_batch.files"  # JSON list of [file name, row count], in row order
+
+_ID_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+
+
+class InvalidValue(ValueError):
+    """A cell that cannot be used; `expected` says what a valid cell looks like."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One known manifest column: how to read a cell and what to use when it is empty."""
+
+    name: str
+    type_name: str  # as the README names it: text, integer, number, boolean
+    expected: str  # what a valid cell looks like, phrased to follow "expected ..."
+    parse: Callable[[Any], Any]  # non-null cell -> normalised value; raises InvalidValue
+    default: Any  # used for null/blank cells (None for id and seed: those are derived)
+    required: bool = False
+
+
+def _request_defaults() -> dict[str, Any]:
+    return {
+        field.name: field.default
+        for field in dataclasses.fields(GenerationRequest)
+        if field.default is not dataclasses.MISSING
+    }
+
+
+REQUEST_DEFAULTS: Mapping[str, Any] = _request_defaults()
+
+
+def is_null(value: Any) -> bool:
+    """Null, NaN (pandas' missing number) and blank text all mean "use the default"."""
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def _fmt(number: float) -> str:
+    return f"{number:g}"
+
+
+# --- generic cell parsers -------------------------------------------------------------------
+
+
+def _as_real(value: Any, expected: str) -> int | float:
+    """Numbers, and text that spells a number (CSV/JSONL cells that were read as text)."""
+    if isinstance(value, bool):
+        raise InvalidValue(expected)
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            return float(text)
+        except ValueError:
+            raise InvalidValue(expected) from None
+    raise InvalidValue(expected)
+
+
+def integer_parser(minimum: int, maximum: int, expected: str) -> Callable[[Any], int]:
+    """Whole numbers in [minimum, maximum]; 60.0 counts (pandas stores ints with gaps as floats)."""
+
+    def parse(value: Any) -> int:
+        number = _as_real(value, expected)
+        if isinstance(number, float):
+            if not math.isfinite(number) or not number.is_integer():
+                raise InvalidValue(expected)
+            number = int(number)
+        if not minimum <= number <= maximum:
+            raise InvalidValue(expected)
+        return number
+
+    return parse
+
+
+def number_parser(
+    minimum: float | None, maximum: float | None, expected: str
+) -> Callable[[Any], float]:
+    """Finite numbers in [minimum, maximum] (either bound may be open)."""
+
+    def parse(value: Any) -> float:
+        number = float(_as_real(value, expected))
+        if not math.isfinite(number):
+            raise InvalidValue(expected)
+        if minimum is not None and number < minimum:
+            raise InvalidValue(expected)
+        if maximum is not None and number > maximum:
+            raise InvalidValue(expected)
+        return number
+
+    return parse
+
+
+def parse_bool(value: Any) -> bool:
+    """Real booleans; also 0/1 and true/false/yes/no text, which is how CSV and JSONL spell them."""
+    expected = "true or false (1/0 and yes/no are accepted too)"
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in BOOL_STRINGS:
+        return BOOL_STRINGS[value.strip().lower()]
+    raise InvalidValue(expected)
+
+
+def choice_parser(choices: tuple[str, ...], expected: str) -> Callable[[Any], str]:
+    """Exact (lower-case) choices; a near miss gets a "did you mean" hint instead of a guess."""
+
+    def parse(value: Any) -> str:
+        if isinstance(value, str) and value in choices:
+            return value
+        if isinstance(value, str):
+            folded = value.strip().lower()
+            if folded in choices:
+                raise InvalidValue(f"{expected}; did you mean {folded!r}?")
+            close = difflib.get_close_matches(folded, choices, n=1)
+            if close:
+                raise InvalidValue(f"{expected}; did you mean {close[0]!r}?")
+        raise InvalidValue(expected)
+
+    return parse
+
+
+def text_parser(expected: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if not isinstance(value, str):
+            raise InvalidValue(expected)
+        return value
+
+    return parse
+
+
+# --- column-specific parsers ----------------------------------------------------------------
+
+PROMPT_EXPECTED = "a non-empty text prompt describing the music, e.g. 'lo-fi hip hop, mellow piano'"
+ID_EXPECTED = (
+    f"an id of 1 to {MAX_ID_LENGTH} characters from A-Z a-z 0-9 - _ . that does not start "
+    "with '.' (leave it empty to derive one)"
+)
+SEED_EXPECTED = f"a whole number from 0 to {MAX_SEED} (leave it empty to derive one from the id)"
+OSS_STEPS_EXPECTED = (
+    f"comma-separated whole numbers from 1 to {MAX_STEPS}, e.g. '16,29,52' "
+    "(leave it empty for the normal schedule)"
+)
+TASK_EXPECTED = "one of: " + ", ".join(TASKS)
+FORMAT_EXPECTED = "one of: " + ", ".join(AUDIO_FORMATS) + " (leave it empty to use the job's --format)"
+
+
+def parse_prompt(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidValue(PROMPT_EXPECTED)
+    return value
+
+
+def parse_id(value: Any) -> str:
+    """Ids become file names under the output prefix, so only a safe character set is allowed."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise InvalidValue(ID_EXPECTED)
+    if len(value) > MAX_ID_LENGTH or not _ID_PATTERN.fullmatch(value):
+        raise InvalidValue(ID_EXPECTED)
+    return value
+
+
+def parse_oss_steps(value: Any) -> str:
+    """Canonical "16,29,52" text; a list of ints (a Parquet list column) is accepted too."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        parts: list[Any] = [value]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    elif isinstance(value, str):
+        parts = [part.strip() for part in value.split(",")]
+    else:
+        raise InvalidValue(OSS_STEPS_EXPECTED)
+    step_parser = integer_parser(1, MAX_STEPS, OSS_STEPS_EXPECTED)
+    steps = [step_parser(part) for part in parts]
+    return ",".join(str(step) for step in steps)
+
+
+def parse_task(value: Any) -> str:
+    if isinstance(value, str) and value in TASKS:
+        return value
+    if isinstance(value, str) and value.strip():
+        raise InvalidValue(f"{TASK_EXPECTED}; task {value!r} is not supported yet")
+    raise InvalidValue(TASK_EXPECTED)
+
+
+def _between(low: float, high: float) -> str:
+    return f"a number from {_fmt(low)} to {_fmt(high)}"
+
+
+def _float_column(name: str, minimum: float | None, maximum: float | None) -> ColumnSpec:
+    if minimum is not None and maximum is not None:
+        expected = _between(minimum, maximum)
+    elif minimum is not None:
+        expected = f"a number >= {_fmt(minimum)}"
+    else:
+        expected = "a finite number"
+    return ColumnSpec(
+        name, "number", expected, number_parser(minimum, maximum, expected), REQUEST_DEFAULTS[name]
+    )
+
+
+def _bool_column(name: str) -> ColumnSpec:
+    return ColumnSpec(
+        name,
+        "boolean",
+        "true or false (1/0 and yes/no are accepted too)",
+        parse_bool,
+        REQUEST_DEFAULTS[name],
+    )
+
+
+_DURATION_EXPECTED = f"seconds from {_fmt(MIN_DURATION_S)} to {_fmt(MAX_DURATION_S)}"
+_VARIATIONS_EXPECTED = f"a whole number of outputs from 1 to {MAX_VARIATIONS}"
+_STEPS_EXPECTED = f"a whole number of diffusion steps from 1 to {MAX_STEPS}"
+_SCHEDULER_EXPECTED = "one of: " + ", ".join(SCHEDULERS)
+_CFG_TYPE_EXPECTED = "one of: " + ", ".join(CFG_TYPES)
+
+COLUMNS: tuple[ColumnSpec, ...] = (
+    ColumnSpec("prompt", "text", PROMPT_EXPECTED, parse_prompt, None, required=True),
+    ColumnSpec("id", "text", ID_EXPECTED, parse_id, None),
+    ColumnSpec(
+        "lyrics",
+        "text",
+        "text lyrics (leave it empty for an instrumental)",
+        text_parser("text lyrics (leave it empty for an instrumental)"),
+        REQUEST_DEFAULTS["lyrics"],
+    ),
+    ColumnSpec(
+        "duration",
+        "number",
+        _DURATION_EXPECTED,
+        number_parser(MIN_DURATION_S, MAX_DURATION_S, _DURATION_EXPECTED),
+        REQUEST_DEFAULTS["duration"],
+    ),
+    ColumnSpec("seed", "integer", SEED_EXPECTED, integer_parser(0, MAX_SEED, SEED_EXPECTED), None),
+    ColumnSpec(
+        "variations",
+        "integer",
+        _VARIATIONS_EXPECTED,
+        integer_parser(1, MAX_VARIATIONS, _VARIATIONS_EXPECTED),
+        1,
+    ),
+    ColumnSpec(
+        "steps",
+        "integer",
+        _STEPS_EXPECTED,
+        integer_parser(1, MAX_STEPS, _STEPS_EXPECTED),
+        REQUEST_DEFAULTS["steps"],
+    ),
+    _float_column("guidance_scale", 0.0, None),
+    ColumnSpec(
+        "scheduler",
+        "text",
+        _SCHEDULER_EXPECTED,
+        choice_parser(SCHEDULERS, _SCHEDULER_EXPECTED),
+        REQUEST_DEFAULTS["scheduler"],
+    ),
+    ColumnSpec(
+        "cfg_type",
+        "text",
+        _CFG_TYPE_EXPECTED,
+        choice_parser(CFG_TYPES, _CFG_TYPE_EXPECTED),
+        REQUEST_DEFAULTS["cfg_type"],
+    ),
+    _float_column("omega_scale", None, None),
+    _float_column("guidance_interval", 0.0, 1.0),
+    _float_column("guidance_interval_decay", 0.0, 1.0),
+    _float_column("min_guidance_scale", 0.0, None),
+    _float_column("guidance_scale_text", 0.0, None),
+    _float_column("guidance_scale_lyric", 0.0, None),
+    _bool_column("use_erg_tag"),
+    _bool_column("use_erg_lyric"),
+    _bool_column("use_erg_diffusion"),
+    ColumnSpec(
+        "oss_steps", "text", OSS_STEPS_EXPECTED, parse_oss_steps, REQUEST_DEFAULTS["oss_steps"]
+    ),
+    ColumnSpec("task", "text", TASK_EXPECTED, parse_task, REQUEST_DEFAULTS["task"]),
+    ColumnSpec(
+        "format", "text", FORMAT_EXPECTED, choice_parser(AUDIO_FORMATS, FORMAT_EXPECTED), None
+    ),
+)
+
+COLUMNS_BY_NAME: Mapping[str, ColumnSpec] = {spec.name: spec for spec in COLUMNS}
+KNOWN_COLUMNS: frozenset[str] = frozenset(COLUMNS_BY_NAME)
+# Read as text from CSV so that "001" stays an id and "16" stays an oss_steps list.
+TEXT_COLUMNS: tuple[str, ...] = tuple(spec.name for spec in COLUMNS if spec.type_name == "text")
+
+
+def reserved_column_reason(name: str) -> str | None:
+    """Why a user column name cannot be carried into the output metadata (None if it can)."""
+    if name.startswith("__index_level_"):
+        return (
+            "no pandas index column; this is the DataFrame index that pyarrow stored: call "
+            "reset_index(drop=True) or pass preserve_index=False / index=False when writing"
+        )
+    if name.startswith(RESERVED_PREFIX):
+        return f"a column name that does not start with {RESERVED_PREFIX!r} (reserved for internal use); rename it"
+    if name in RESERVED_COLUMNS:
+        return (
+            "a column name that the output metadata does not use itself ("
+            + ", ".join(sorted(RESERVED_COLUMNS))
+            + "); rename it, e.g. to 'user_"
+            + name
+            + "'"
+        )
+    if not name.strip():
+        return (
+            "a named column; this one has an empty name (often the index written by pandas' "
+            "to_csv: pass index=False) - name it or delete it"
+        )
+    return None
+
+
+# --- derived ids, seeds and output ids ------------------------------------------------------
+
+
+def derive_id(request_fields: Mapping[str, Any], seed_given: bool) -> str:
+    """A stable id from what is rendered: the same settings give the same id on any machine.
+
+    `request_fields` holds every generation field after defaults. The seed takes part only when
+    the row gave one, because a defaulted seed is itself derived from this id.
+    """
+    canonical = {
+        name: request_fields[name]
+        for name in GENERATION_FIELDS
+        if name != "seed" or seed_given
+    }
+    text = json.dumps(
+        canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:DERIVED_ID_HEX_CHARS]
+
+
+def derive_seed(row_id: str) -> int:
+    """A reproducible seed from the row id, in [0, 2**31)."""
+    digest = hashlib.sha256(("seed:" + row_id).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % DERIVED_SEED_LIMIT
+
+
+def output_id(row_id: str, variation: int, variations: int) -> str:
+    """`<id>` for a single output, `<id>-<k>` when the row asks for several."""
+    return row_id if variations == 1 else f"{row_id}-{variation}"
+
+
+def guidance_interval_step_count(steps: int, oss_steps: str, guidance_interval: float) -> int:
+    """How many sampler steps the guidance interval covers, computed exactly as ACE-Step does."""
+    oss = [part for part in oss_steps.split(",") if part.strip()]
+    n = len(oss) if oss else steps
+    start = int(n * ((1 - guidance_interval) / 2))
+    end = int(n * (guidance_interval / 2 + 0.5))
+    return end - start

@@ -1,0 +1,166 @@
+"""One resident ACE-Step pipeline, shared by the Ray Data batch job and the Ray Serve app.
+
+`AceStepReplica.__init__` loads the model once; `render` turns a list of requests into
+per-item outcomes, isolating failures: an out-of-memory batch is split in halves and retried,
+and when a batch fails for another reason each item is retried alone so one bad row cannot
+take its neighbours down. `__call__` is the Ray Data `map_batches` entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .model.pipeline import AceStepPipeline, EngineConfig
+from .model.request import GenerationRequest, GenerationResult
+
+
+@dataclass
+class ReplicaConfig:
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sample_rate: int = 44100
+
+
+@dataclass
+class RenderOutcome:
+    request: GenerationRequest
+    result: GenerationResult | None
+    error: str | None
+    batch_size: int  # size of the sampler batch that produced it (after any OOM split)
+    seconds: float
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    try:
+        import torch
+
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            return True
+    except Exception:  # pragma: no cover - torch without CUDA bits
+        pass
+    return isinstance(error, (MemoryError, RuntimeError)) and "out of memory" in str(error).lower()
+
+
+def _short_error(error: BaseException) -> str:
+    lines = traceback.format_exception_only(type(error), error)
+    return "".join(lines).strip()[:2000]
+
+
+class ReplicaMetrics:
+    """Custom metrics shown in the Ray dashboard (Prometheus); no-ops outside a Ray worker."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        try:
+            import ray
+            from ray.util import metrics
+
+            if not ray.is_initialized():
+                return
+            self.outputs = metrics.Counter("acestep_outputs_total", "Outputs rendered, by status", tag_keys=("status",))
+            self.audio_seconds = metrics.Counter("acestep_audio_seconds_total", "Seconds of audio generated")
+            self.latency = metrics.Histogram(
+                "acestep_generate_latency_seconds", "Wall time of one sampler batch",
+                boundaries=[0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600],
+            )
+            self.realtime_factor = metrics.Gauge("acestep_realtime_factor", "Audio seconds per wall second, last batch")
+            self.enabled = True
+        except Exception:  # metrics must never break generation
+            self.enabled = False
+
+    def record(self, outcomes: list[RenderOutcome], seconds: float) -> None:
+        if not self.enabled:
+            return
+        audio = 0.0
+        for outcome in outcomes:
+            self.outputs.inc(1, tags={"status": "ok" if outcome.error is None else "failed"})
+            if outcome.result is not None:
+                audio += outcome.result.audio.shape[-1] / outcome.result.sample_rate
+        if audio:
+            self.audio_seconds.inc(audio)
+        self.latency.observe(seconds)
+        if seconds > 0:
+            self.realtime_factor.set(audio / seconds)
+
+
+class AceStepReplica:
+    """Holds one loaded `AceStepPipeline` (on the GPU Ray assigned, or the CPU)."""
+
+    def __init__(self, config: ReplicaConfig | None = None) -> None:
+        self.config = config or ReplicaConfig()
+        self.pipeline = AceStepPipeline.from_checkpoint(self.config.engine)
+        self.metrics = ReplicaMetrics()
+        self.replica_id = f"{socket.gethostname()}:{os.getpid()}"
+
+    @property
+    def info(self) -> dict[str, Any]:
+        info = dict(vars(self.pipeline.info))
+        info["replica"] = self.replica_id
+        return info
+
+    def render(self, requests: list[GenerationRequest], sample_rate: int | None = None) -> list[RenderOutcome]:
+        started = time.perf_counter()
+        outcomes = self._render(list(requests), sample_rate or self.config.sample_rate)
+        self.metrics.record(outcomes, time.perf_counter() - started)
+        return outcomes
+
+    def _render(self, requests: list[GenerationRequest], sample_rate: int) -> list[RenderOutcome]:
+        if not requests:
+            return []
+        started = time.perf_counter()
+        try:
+            results = self.pipeline.generate(requests, sample_rate=sample_rate)
+        except Exception as error:
+            if is_out_of_memory(error) and len(requests) > 1:
+                self._release_memory()
+                middle = len(requests) // 2
+                return self._render(requests[:middle], sample_rate) + self._render(requests[middle:], sample_rate)
+            if len(requests) > 1:
+                return [outcome for request in requests for outcome in self._render([request], sample_rate)]
+            return [RenderOutcome(requests[0], None, _short_error(error), 1, time.perf_counter() - started)]
+        seconds = time.perf_counter() - started
+        return [RenderOutcome(r.request, r, None, len(requests), seconds) for r in results]
+
+    @staticmethod
+    def _release_memory() -> None:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ Ray Data entry point
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        """Input rows are planned batches (`specs`: JSON list of output specs); output rows are
+        the rendered outputs with raw float32 audio for the encode/write stage."""
+        specs = [spec for text in batch["specs"] for spec in json.loads(text)]
+        requests = [GenerationRequest(**spec["request"]) for spec in specs]
+        outcomes = self.render(requests)
+        info = json.dumps(self.info)
+        columns: dict[str, list[Any]] = {
+            "spec": [], "status": [], "error": [], "audio": [], "channels": [], "frames": [],
+            "sample_rate": [], "generate_s": [], "batch_size": [], "engine": [],
+        }
+        for spec, outcome in zip(specs, outcomes):
+            result = outcome.result
+            audio = None if result is None else result.audio.numpy().astype(np.float32)
+            columns["spec"].append(json.dumps(spec))
+            columns["status"].append("ok" if outcome.error is None else "failed")
+            columns["error"].append(outcome.error or "")
+            columns["audio"].append(b"" if audio is None else audio.tobytes())
+            columns["channels"].append(0 if audio is None else audio.shape[0])
+            columns["frames"].append(0 if audio is None else audio.shape[1])
+            columns["sample_rate"].append(self.config.sample_rate)
+            columns["generate_s"].append(outcome.seconds)
+            columns["batch_size"].append(outcome.batch_size)
+            columns["engine"].append(info)
+        return columns
