@@ -8,8 +8,7 @@ from typing import Optional
 
 import typer
 
-from .model.checkpoint import DEFAULT_CHECKPOINT
-from .model.request import GenerationRequest
+from .model.request import DEFAULT_CHECKPOINT, GenerationRequest
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Dataset-scale music generation with ACE-Step v1 on Ray.")
 manifest_app = typer.Typer(no_args_is_help=True, help="Manifest tools.")

@@ -38,6 +38,17 @@ def is_temp_name(name: str) -> bool:
     return bool(_TEMP_RE.search(name))
 
 
+def read_parquet_bytes(data: bytes) -> pa.Table:
+    """Parse a Parquet file held in memory, on the calling thread.
+
+    Arrow's threaded readers can drop the last reference to the Python-owned buffer from a
+    worker thread after the call returned; if that happens while the interpreter exits, the
+    thread cannot take the GIL and the process aborts. Manifests and metadata are small, so
+    reading them single-threaded costs nothing.
+    """
+    return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+
+
 def parse_storage_options(text: str | None) -> dict[str, Any]:
     """Parse `--storage-options` (a JSON object) into fsspec keyword arguments.
 
@@ -244,7 +255,7 @@ class Storage:
         if not names:
             return None
         tables = [
-            pq.read_table(pa.BufferReader(self.read_bytes(posixpath.join(relpath, n))))
+            read_parquet_bytes(self.read_bytes(posixpath.join(relpath, n)))
             for n in names
         ]
         if len(tables) == 1:

@@ -22,8 +22,8 @@ from typing import Any
 
 from .. import __version__
 from ..manifest import OutputSpec, load_manifest, manifest_sha256
-from ..model.checkpoint import DEFAULT_CHECKPOINT
 from ..model.pipeline import EngineConfig
+from ..model.request import DEFAULT_CHECKPOINT
 from ..replica import AceStepReplica, ReplicaConfig
 from ..storage import Storage
 from .plan import AUDIO_DIR, METADATA_DIR, RUN_FILE, batch_rows, drop_finished, finished_outputs, plan_batches

@@ -7,16 +7,13 @@ outputs that already exist.
 
 from __future__ import annotations
 
-import datetime
-import decimal
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
 from acestep_batch.manifest.io import read_manifest
-from acestep_batch.manifest.schema import KNOWN_COLUMNS, output_id
+from acestep_batch.manifest.schema import KNOWN_COLUMNS, output_id, to_json_value
 from acestep_batch.manifest.validate import ManifestError, check_manifest, manifest_uri
 from acestep_batch.model.request import GenerationRequest
 
@@ -45,14 +42,18 @@ def expand_manifest(table: pa.Table) -> list[OutputSpec]:
     extra_columns = _extra_columns(table)
     specs: list[OutputSpec] = []
     for checked in check.rows:
-        extra = {name: to_json_value(values[checked.row - 1]) for name, values in extra_columns.items()}
+        extra = {
+            name: to_json_value(values[checked.row - 1]) for name, values in extra_columns.items()
+        }
         for variation in range(checked.variations):
             specs.append(
                 OutputSpec(
                     output_id=output_id(checked.id, variation, checked.variations),
                     id=checked.id,
                     row=checked.row,
-                    request=GenerationRequest(**checked.request_fields, seed=checked.seed + variation),
+                    request=GenerationRequest(
+                        **checked.request_fields, seed=checked.seed + variation
+                    ),
                     variation=variation,
                     format=checked.format,
                     extra=dict(extra),
@@ -72,28 +73,6 @@ def load_manifest(
 def _extra_columns(table: pa.Table) -> dict[str, list[Any]]:
     return {
         name: column.to_pylist()
-        for name, column in zip(table.column_names, table.columns)
+        for name, column in zip(table.column_names, table.columns, strict=True)
         if name not in KNOWN_COLUMNS
     }
-
-
-def to_json_value(value: Any) -> Any:
-    """Arrow's Python values made JSON-safe: dates as ISO text, decimals as numbers, bytes as
-    text, NaN/inf as null (JSON has no such numbers), map entries as [key, value] pairs."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, decimal.Decimal):
-        return to_json_value(int(value) if value == value.to_integral_value() else float(value))
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, datetime.timedelta):
-        return value.total_seconds()
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("utf-8", errors="backslashreplace")
-    if isinstance(value, dict):
-        return {str(key): to_json_value(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json_value(item) for item in value]
-    return str(value)

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from acestep_batch.storage import read_parquet_bytes
 from acestep_batch.manifest.schema import METADATA_FILES, METADATA_URI, TEXT_COLUMNS
 from acestep_batch.manifest.validate import NO_VALUE, ManifestError, ManifestProblem
 
@@ -43,7 +44,9 @@ class _ManifestFile:
 
 
 def _fail(uri: str, expected: str, file: str | None = None) -> ManifestError:
-    return ManifestError([ManifestProblem(None, None, None, NO_VALUE, expected, file=file)], uri=uri)
+    return ManifestError(
+        [ManifestProblem(None, None, None, NO_VALUE, expected, file=file)], uri=uri
+    )
 
 
 def read_manifest(uri: str, storage_options: dict | None = None) -> pa.Table:
@@ -66,7 +69,7 @@ def read_manifest(uri: str, storage_options: dict | None = None) -> pa.Table:
     if table.num_rows == 0:
         raise _fail(uri, "at least one row, but the manifest is empty; add one row per prompt")
     table = _drop_pandas_index(table)
-    counts = [[file.name, part.num_rows] for file, part in zip(files, tables)]
+    counts = [[file.name, part.num_rows] for file, part in zip(files, tables, strict=True)]
     metadata = {
         METADATA_URI: uri.encode("utf-8"),
         METADATA_FILES: json.dumps(counts, ensure_ascii=False).encode("utf-8"),
@@ -131,16 +134,24 @@ def _folder_files(fs: Any, root: str, uri: str) -> list[_ManifestFile]:
     if strays:
         raise _fail(
             uri,
-            "a folder holding only manifest files (" + _SUFFIX_LIST + "), but it also holds "
+            "a folder holding only manifest files ("
+            + _SUFFIX_LIST
+            + "), but it also holds "
             + ", ".join(repr(name) for name in strays)
             + "; move those out (subfolders are not read)",
         )
     if not files:
-        raise _fail(uri, f"a folder with at least one manifest file ({_SUFFIX_LIST}), but it has none")
+        raise _fail(
+            uri, f"a folder with at least one manifest file ({_SUFFIX_LIST}), but it has none"
+        )
     formats = sorted({file.format for file in files})
     if len(formats) > 1:
         titles = " and ".join(_FORMAT_TITLES[name] for name in formats)
-        raise _fail(uri, f"one file format per manifest folder, but this folder mixes {titles}; convert them to one format")
+        raise _fail(
+            uri,
+            f"one file format per manifest folder, but this folder mixes {titles}; "
+            "convert them to one format",
+        )
     # Empty parts are common in distributed writers; they add no rows.
     non_empty = [file for file in files if file.size != 0]
     if not non_empty:
@@ -152,9 +163,9 @@ def _read_file(fs: Any, file: _ManifestFile, uri: str) -> pa.Table:
     title = _FORMAT_TITLES[file.format]
     try:
         with fs.open(file.path, "rb") as handle:
-            if file.format == "parquet":
-                return pq.read_table(handle)
             data = handle.read()
+        if file.format == "parquet":
+            return _decode_dictionaries(read_parquet_bytes(data))
     except Exception as error:
         raise _fail(
             uri,
@@ -165,6 +176,15 @@ def _read_file(fs: Any, file: _ManifestFile, uri: str) -> pa.Table:
     if file.format == "csv":
         return _parse_csv(data, file, uri)
     return _parse_json_lines(data, file, uri)
+
+
+def _decode_dictionaries(table: pa.Table) -> pa.Table:
+    """pandas categoricals arrive dictionary-encoded; plain values combine across files."""
+    for index, field in enumerate(table.schema):
+        if pa.types.is_dictionary(field.type):
+            plain = table.column(index).cast(field.type.value_type)
+            table = table.set_column(index, field.name, plain)
+    return table
 
 
 def _parse_csv(data: bytes, file: _ManifestFile, uri: str) -> pa.Table:
@@ -212,13 +232,15 @@ def _parse_json_lines(data: bytes, file: _ManifestFile, uri: str) -> pa.Table:
     """JSON Lines (one object per line); a JSON array of objects is accepted too."""
     _require_utf8(data, file, uri)
     text = data.decode("utf-8-sig")
-    shape = "one JSON object per line, e.g. {\"prompt\": \"ambient pad\", \"duration\": 10}"
+    shape = 'one JSON object per line, e.g. {"prompt": "ambient pad", "duration": 10}'
     records: list[tuple[int, Any]] = []
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
         except ValueError as error:
-            raise _fail(uri, f"a JSON array of objects, but it does not parse ({error})", file=file.name) from error
+            raise _fail(
+                uri, f"a JSON array of objects, but it does not parse ({error})", file=file.name
+            ) from error
         records = [(index + 1, item) for index, item in enumerate(items)]
         place = "item"
     else:
@@ -258,7 +280,9 @@ def _json_column(values: list[Any]) -> pa.Array:
 def _as_text(values: list[Any]) -> pa.Array:
     return pa.array(
         [
-            value if value is None or isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+            value
+            if value is None or isinstance(value, str)
+            else json.dumps(value, ensure_ascii=False, default=str)
             for value in values
         ],
         pa.string(),
@@ -301,7 +325,7 @@ def _conflicting_columns(
     first_seen: dict[str, tuple[str, pa.DataType]] = {}
     conflicts = []
     reported: set[str] = set()
-    for file, table in zip(files, tables):
+    for file, table in zip(files, tables, strict=True):
         for field in table.schema:
             if pa.types.is_null(field.type):
                 continue
@@ -333,14 +357,16 @@ def manifest_sha256(table: pa.Table) -> str:
     same. Values keep their JSON kind, so 3, 3.0, "3" and true still hash differently.
     """
     digest = hashlib.sha256()
-    for name, column in zip(table.column_names, table.columns):
+    for name, column in zip(table.column_names, table.columns, strict=True):
         header = json.dumps({"column": name}, ensure_ascii=False)
         digest.update(header.encode("utf-8") + b"\n")
         separator = b""
         for chunk in column.chunks:
             if len(chunk) == 0:
                 continue
-            values = json.dumps(chunk.to_pylist(), ensure_ascii=False, default=str, separators=(",", ":"))
+            values = json.dumps(
+                chunk.to_pylist(), ensure_ascii=False, default=str, separators=(",", ":")
+            )
             digest.update(separator + values[1:-1].encode("utf-8"))
             separator = b","
         digest.update(b"\n")

@@ -9,6 +9,7 @@ user interface of a manifest, so it is kept next to the rule it explains.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import decimal
 import difflib
 import hashlib
@@ -38,7 +39,8 @@ MAX_ID_LENGTH = 128
 DERIVED_SEED_LIMIT = 2**31
 DERIVED_ID_HEX_CHARS = 16
 
-# Columns the output metadata writes itself; a user column of the same name would be clobbered.
+# Columns the output metadata (batch/writer.py) writes itself, besides `id`, `format` and the
+# generation fields: a user column of the same name would be dropped or clobbered there.
 RESERVED_COLUMNS: frozenset[str] = frozenset(
     {
         "output_id",
@@ -49,6 +51,24 @@ RESERVED_COLUMNS: frozenset[str] = frozenset(
         "channels",
         "bit_depth",
         "peak_dbfs",
+        # Also written per output by the batch writer:
+        "row",
+        "variation",
+        "num_samples",
+        "audio_seconds",
+        "rms_dbfs",
+        "clipped_samples",
+        "checkpoint",
+        "checkpoint_revision",
+        "checkpoint_fingerprint",
+        "device",
+        "dtype",
+        "replica",
+        "package_version",
+        "generate_s",
+        "encode_s",
+        "batch_size",
+        "created_at",
     }
 )
 RESERVED_PREFIX = "_"
@@ -223,7 +243,9 @@ OSS_STEPS_EXPECTED = (
     "(leave it empty for the normal schedule)"
 )
 TASK_EXPECTED = "one of: " + ", ".join(TASKS)
-FORMAT_EXPECTED = "one of: " + ", ".join(AUDIO_FORMATS) + " (leave it empty to use the job's --format)"
+FORMAT_EXPECTED = (
+    "one of: " + ", ".join(AUDIO_FORMATS) + " (leave it empty to use the job's --format)"
+)
 
 
 def parse_prompt(value: Any) -> str:
@@ -377,14 +399,14 @@ def reserved_column_reason(name: str) -> str | None:
             "reset_index(drop=True) or pass preserve_index=False / index=False when writing"
         )
     if name.startswith(RESERVED_PREFIX):
-        return f"a column name that does not start with {RESERVED_PREFIX!r} (reserved for internal use); rename it"
+        return (
+            f"a column name that does not start with {RESERVED_PREFIX!r} (reserved for "
+            "internal use); rename it"
+        )
     if name in RESERVED_COLUMNS:
         return (
-            "a column name that the output metadata does not use itself ("
-            + ", ".join(sorted(RESERVED_COLUMNS))
-            + "); rename it, e.g. to 'user_"
-            + name
-            + "'"
+            f"a column name that the output metadata does not already use (it writes {name!r} "
+            f"itself); rename it, e.g. to 'user_{name}'"
         )
     if not name.strip():
         return (
@@ -404,9 +426,7 @@ def derive_id(request_fields: Mapping[str, Any], seed_given: bool) -> str:
     the row gave one, because a defaulted seed is itself derived from this id.
     """
     canonical = {
-        name: request_fields[name]
-        for name in GENERATION_FIELDS
-        if name != "seed" or seed_given
+        name: request_fields[name] for name in GENERATION_FIELDS if name != "seed" or seed_given
     }
     text = json.dumps(
         canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
@@ -432,3 +452,28 @@ def guidance_interval_step_count(steps: int, oss_steps: str, guidance_interval: 
     start = int(n * ((1 - guidance_interval) / 2))
     end = int(n * (guidance_interval / 2 + 0.5))
     return end - start
+
+
+# --- extra column values ---------------------------------------------------------------------
+
+
+def to_json_value(value: Any) -> Any:
+    """Arrow's Python values made JSON-safe: dates as ISO text, decimals as numbers, bytes as
+    text, NaN/inf as null (JSON has no such numbers), map entries as [key, value] pairs."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, decimal.Decimal):
+        return to_json_value(int(value) if value == value.to_integral_value() else float(value))
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="backslashreplace")
+    if isinstance(value, dict):
+        return {str(key): to_json_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(item) for item in value]
+    return str(value)

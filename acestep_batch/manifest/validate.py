@@ -31,6 +31,7 @@ from acestep_batch.manifest.schema import (
     is_null,
     output_id,
     reserved_column_reason,
+    to_json_value,
 )
 from acestep_batch.model.request import GENERATION_FIELDS
 
@@ -103,7 +104,7 @@ class ManifestProblem:
             "row": self.row,
             "id": self.id,
             "column": self.column,
-            "value": None if self.value is NO_VALUE else self.value,
+            "value": None if self.value is NO_VALUE else to_json_value(self.value),
             "expected": self.expected,
             "file": self.file,
             "file_row": self.file_row,
@@ -169,6 +170,8 @@ class _RowSources:
             names.append(str(name))
             starts.append(offset)
             offset += int(rows)
+        if offset != table.num_rows:
+            return cls()  # filtered or sliced since it was read: the file map no longer applies
         return cls(tuple(names), tuple(starts))
 
     def locate(self, row: int) -> tuple[str | None, int | None]:
@@ -268,7 +271,9 @@ def check_manifest(table: pa.Table) -> ManifestCheck:
 def _check_column_names(names: list[str], problems: _ProblemList) -> None:
     if "prompt" not in names:
         hint = ""
-        close = difflib.get_close_matches("prompt", [name.lower() for name in names], n=1, cutoff=0.6)
+        close = difflib.get_close_matches(
+            "prompt", [name.lower() for name in names], n=1, cutoff=0.6
+        )
         matches = [name for name in names if close and name.lower() == close[0]]
         if matches:
             hint = f"; did you mean to name {matches[0]!r} 'prompt'?"
@@ -285,8 +290,12 @@ def _check_column_names(names: list[str], problems: _ProblemList) -> None:
     for name in names:
         if name in seen:
             problems.add(
-                None, None, name, NO_VALUE,
-                "each column name once, but this name appears more than once; rename or drop the copies",
+                None,
+                None,
+                name,
+                NO_VALUE,
+                "each column name once, but this name appears more than once; rename or drop "
+                "the copies",
             )
             continue
         seen.add(name)
@@ -306,12 +315,19 @@ def _shown_id(raw: Any) -> str | None:
     return None
 
 
+_DEFAULTS: dict[str, Any] = {spec.name: spec.default for spec in COLUMNS}
+_REQUEST_FIELDS_BUT_SEED: tuple[str, ...] = tuple(
+    name for name in GENERATION_FIELDS if name != "seed"
+)
+_INTERVAL_INPUTS = frozenset({"steps", "oss_steps", "guidance_interval", "guidance_interval_decay"})
+
+
 def _check_row(
     row: int, raw: dict[str, Any], has_prompt: bool, problems: _ProblemList
 ) -> tuple[_RowIdentity | None, CheckedRow | None]:
-    """Parse one row's cells and its own cross-column rules; returns what cross-row rules need."""
+    """Parse one row's cells and apply its cross-column rules; returns what cross-row rules need."""
     shown_id = _shown_id(raw.get("id"))
-    values: dict[str, Any] = {}
+    given: dict[str, Any] = {}
     failed: set[str] = set()
     for name, cell in raw.items():
         spec = COLUMNS_BY_NAME[name]
@@ -321,72 +337,86 @@ def _check_row(
                 failed.add(name)
             continue
         try:
-            values[name] = spec.parse(cell)
+            given[name] = spec.parse(cell)
         except InvalidValue as invalid:
             problems.add(row, shown_id, name, cell, invalid.expected)
             failed.add(name)
+    values = {**_DEFAULTS, **given}
+    _check_row_rules(row, shown_id, raw, values, "seed" in given, failed, problems)
 
-    def value(name: str) -> Any:
-        return values.get(name, COLUMNS_BY_NAME[name].default)
-
-    if not failed & {"scheduler", "oss_steps"} and value("scheduler") == "heun" and value("oss_steps"):
-        problems.add(
-            row, shown_id, "oss_steps", raw.get("oss_steps"),
-            "no oss_steps with scheduler 'heun' (ACE-Step's heun scheduler cannot follow a custom "
-            "step list); clear oss_steps or use scheduler 'euler' or 'pingpong'",
-        )
-        failed.add("oss_steps")
-
-    interval_inputs = {"steps", "oss_steps", "guidance_interval", "guidance_interval_decay"}
-    if not failed & interval_inputs and value("guidance_interval_decay") > 0:
-        covered = guidance_interval_step_count(value("steps"), value("oss_steps"), value("guidance_interval"))
-        if covered == 1:
-            problems.add(
-                row, shown_id, "guidance_interval_decay", value("guidance_interval_decay"),
-                "0 when the guidance interval covers a single step (here steps="
-                f"{value('steps')}, oss_steps={value('oss_steps')!r}, guidance_interval="
-                f"{value('guidance_interval'):g}; ACE-Step divides by zero); set "
-                "guidance_interval_decay to 0, or widen guidance_interval or add steps",
-            )
-            failed.add("guidance_interval_decay")
-
-    seed_given = "seed" in values
-    if seed_given and not failed & {"seed", "variations"}:
-        last_seed = values["seed"] + value("variations") - 1
-        if last_seed > MAX_SEED:
-            problems.add(
-                row, shown_id, "seed", values["seed"],
-                f"seed + variations - 1 <= {MAX_SEED} (variation k renders with seed + k; "
-                f"here the last seed would be {last_seed}); use a seed of at most "
-                f"{MAX_SEED - value('variations') + 1}",
-            )
-            failed.add("seed")
-
-    variations = None if "variations" in failed else value("variations")
-    if "id" in values:
-        identity = _RowIdentity(row, values["id"], derived=False, variations=variations)
-    else:
-        identity = None
+    variations = None if "variations" in failed else values["variations"]
+    identity = None
+    if "id" in given:
+        identity = _RowIdentity(row, given["id"], derived=False, variations=variations)
     if failed or not has_prompt:
         return identity, None
 
-    request_fields = {name: value(name) for name in GENERATION_FIELDS if name != "seed"}
-    if seed_given:
-        request_fields["seed"] = values["seed"]
-    row_id = values["id"] if "id" in values else derive_id(request_fields, seed_given)
-    request_fields.pop("seed", None)
-    seed = values["seed"] if seed_given else derive_seed(row_id)
+    request_fields = {name: values[name] for name in _REQUEST_FIELDS_BUT_SEED}
+    if "seed" in given:
+        row_id = given.get("id") or derive_id({**request_fields, "seed": given["seed"]}, True)
+        seed = given["seed"]
+    else:
+        row_id = given.get("id") or derive_id(request_fields, False)
+        seed = derive_seed(row_id)
     if identity is None:
         identity = _RowIdentity(row, row_id, derived=True, variations=variations)
-    checked = CheckedRow(
-        row=row,
-        id=row_id,
-        seed=seed,
-        variations=value("variations"),
-        format=value("format"),
-        request_fields=request_fields,
-    )
+    checked = CheckedRow(row, row_id, seed, values["variations"], values["format"], request_fields)
     return identity, checked
+
+
+def _check_row_rules(
+    row: int,
+    shown_id: str | None,
+    raw: dict[str, Any],
+    values: dict[str, Any],
+    seed_given: bool,
+    failed: set[str],
+    problems: _ProblemList,
+) -> None:
+    """Rules that involve several columns of one row; skipped where an input already failed."""
+    heun_inputs_ok = "scheduler" not in failed and "oss_steps" not in failed
+    if heun_inputs_ok and values["scheduler"] == "heun" and values["oss_steps"]:
+        problems.add(
+            row,
+            shown_id,
+            "oss_steps",
+            raw.get("oss_steps"),
+            "no oss_steps with scheduler 'heun' (ACE-Step's heun scheduler cannot follow a "
+            "custom step list); clear oss_steps or use scheduler 'euler' or 'pingpong'",
+        )
+        failed.add("oss_steps")
+
+    if values["guidance_interval_decay"] > 0 and not failed & _INTERVAL_INPUTS:
+        steps, oss_steps, interval = (
+            values["steps"],
+            values["oss_steps"],
+            values["guidance_interval"],
+        )
+        if guidance_interval_step_count(steps, oss_steps, interval) == 1:
+            problems.add(
+                row,
+                shown_id,
+                "guidance_interval_decay",
+                values["guidance_interval_decay"],
+                f"0 when the guidance interval covers a single step (here steps={steps}, "
+                f"oss_steps={oss_steps!r}, guidance_interval={interval:g}; ACE-Step divides by "
+                "zero); set guidance_interval_decay to 0, or widen guidance_interval or add steps",
+            )
+            failed.add("guidance_interval_decay")
+
+    if seed_given and "seed" not in failed and "variations" not in failed:
+        last_seed = values["seed"] + values["variations"] - 1
+        if last_seed > MAX_SEED:
+            problems.add(
+                row,
+                shown_id,
+                "seed",
+                values["seed"],
+                f"seed + variations - 1 <= {MAX_SEED} (variation k renders with seed + k; "
+                f"here the last seed would be {last_seed}); use a seed of at most "
+                f"{MAX_SEED - values['variations'] + 1}",
+            )
+            failed.add("seed")
 
 
 def _check_unique_outputs(identities: list[_RowIdentity], problems: _ProblemList) -> None:
@@ -401,16 +431,23 @@ def _check_unique_outputs(identities: list[_RowIdentity], problems: _ProblemList
             continue
         if identity.derived and first.derived:
             problems.add(
-                identity.row, identity.id, "id", None,
+                identity.row,
+                identity.id,
+                "id",
+                None,
                 f"a unique id, but this row has the same generation settings as row {first.row} "
-                "and neither gives an id or a seed, so both derive this id and would render the "
-                "same audio; give one of them an id or a seed, or delete one and set variations "
+                "and neither has an id, so both derive this id and would render the same audio; "
+                "give one of them an id or a different seed, or delete one and set variations "
                 "on the other",
             )
         else:
             problems.add(
-                identity.row, identity.id, "id", identity.id,
-                f"a unique id, but row {first.row} already uses {identity.id!r}; rename one of them",
+                identity.row,
+                identity.id,
+                "id",
+                identity.id,
+                f"a unique id, but row {first.row} already uses {identity.id!r}; "
+                "rename one of them",
             )
 
     producer: dict[str, tuple[_RowIdentity, int]] = {}
@@ -429,7 +466,10 @@ def _check_unique_outputs(identities: list[_RowIdentity], problems: _ProblemList
                 continue
             reported.add((other.row, identity.row))
             problems.add(
-                identity.row, identity.id, "id", identity.id,
+                identity.row,
+                identity.id,
+                "id",
+                identity.id,
                 f"output ids that no other row produces, but output {name!r} "
                 f"({_describe_output(identity, k)}) is also {_describe_output(other, other_k)} "
                 f"of row {other.row} (id {other.id!r}); rename one of the two ids",
@@ -472,11 +512,11 @@ def manifest_warnings(table: pa.Table) -> list[str]:
 
 
 __all__ = [
+    "NO_VALUE",
     "CheckedRow",
     "ManifestCheck",
     "ManifestError",
     "ManifestProblem",
-    "NO_VALUE",
     "check_manifest",
     "describe_value",
     "manifest_uri",

@@ -19,7 +19,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-DEFAULT_CHECKPOINT = "ACE-Step/ACE-Step-v1-3.5B"
+from .request import DEFAULT_CHECKPOINT
+
 
 TRANSFORMER_DIR = "ace_step_transformer"
 DCAE_DIR = "music_dcae_f8c8"
@@ -49,6 +50,26 @@ def _missing_components(path: Path) -> list[str]:
     return [name for name in COMPONENT_DIRS if not (path / name).is_dir()]
 
 
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_offline() -> bool:
+    return _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+
+
+def _hub_cache_dir() -> str | None:
+    """The Hub cache named by the environment at call time. huggingface_hub reads HF_HOME /
+    HF_HUB_CACHE / HF_HUB_OFFLINE once, when it is imported, so without this a process that sets
+    them later (tests, notebooks, a server configured after start-up) would silently use others."""
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(name):
+            return os.path.expanduser(os.path.expandvars(os.environ[name]))
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.path.expandvars(os.environ["HF_HOME"])), "hub")
+    return None  # the library's own default
+
+
 def resolve_checkpoint(checkpoint: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None) -> ResolvedCheckpoint:
     """A local checkpoint folder, or a Hub repo id resolved with `snapshot_download` (which honours
     HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE: offline it returns the cached snapshot)."""
@@ -68,10 +89,11 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, revision: str | None = Non
         raise CheckpointError(f"checkpoint {text!r} is neither an existing folder nor a Hugging Face repo id (owner/name)")
     from huggingface_hub import snapshot_download
 
+    offline = _hub_offline()
     try:
-        snapshot = Path(snapshot_download(repo_id=text, revision=revision, cache_dir=cache_dir))
+        snapshot = Path(snapshot_download(
+            repo_id=text, revision=revision, cache_dir=cache_dir or _hub_cache_dir(), local_files_only=offline))
     except Exception as error:  # the hub raises many types; the message matters
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         hint = (
             "HF_HUB_OFFLINE is set and the snapshot is not in the cache (HF_HOME / HF_HUB_CACHE)"
             if offline

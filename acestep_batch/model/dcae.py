@@ -9,6 +9,7 @@ the music vocoder (spec 3.1-3.4).
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderDC
 from torch import Tensor
 
-from acestep_batch.model.dsp import LATENT_HOP, SAMPLE_RATE, resample
+from acestep_batch.model.dsp import HOP, LATENT_HOP, SAMPLE_RATE, resample
 from acestep_batch.model.vocoder import ADaMoSHiFiGANV1
 
 DCAE_DEFAULT_CONFIG: dict[str, Any] = {
@@ -50,6 +51,53 @@ def build_autoencoder_dc(config: dict[str, Any]) -> AutoencoderDC:
     accepted = set(inspect.signature(AutoencoderDC.__init__).parameters) - {"self"}
     kwargs = {k: v for k, v in config.items() if not k.startswith("_") and k in accepted}
     return AutoencoderDC(**kwargs)
+
+
+MEL_FRAMES_PER_LATENT = LATENT_HOP // HOP  # 8
+
+
+@dataclass(frozen=True)
+class OverlapGeometry:
+    """Window sizes of upstream's overlapped decode (spec 3.1); defaults are upstream's values.
+
+    DCAE stage in latent frames (`dcae_window`, `dcae_anchor_offset`, `dcae_anchor_hop`) and mel
+    frames (`mel_overlap`); vocoder stage in mel frames (`vocoder_block`) and samples
+    (`wave_overlap`, `crossfade`). Smaller values exist for tests only.
+    """
+
+    dcae_window: int = 512
+    dcae_anchor_offset: int = 128
+    dcae_anchor_hop: int = 256
+    mel_overlap: int = 1024
+    vocoder_block: int = 512
+    wave_overlap: int = 1024
+    crossfade: int = 128
+
+
+def dcae_window_plan(width: int, geometry: OverlapGeometry = OverlapGeometry()) -> list[tuple[int, int, int, int]]:
+    """Windows of the overlapped DCAE stage for a latent of `width` frames.
+
+    Returns `(latent_start, latent_end, keep_start, keep_end)` per window, where the kept range is in
+    mel frames relative to the window's decoded mel (8 per latent frame).
+    """
+    g = geometry
+    anchors = list(range(g.dcae_anchor_offset, width - g.dcae_anchor_offset, g.dcae_anchor_hop))
+    anchors = anchors or [g.dcae_anchor_offset]
+    plan = []
+    for i, anchor in enumerate(anchors):
+        start = max(0, anchor - g.dcae_anchor_offset)
+        end = min(width, start + g.dcae_window)
+        mel_len = MEL_FRAMES_PER_LATENT * (end - start)
+        if len(anchors) == 1:
+            keep = (0, min(mel_len, MEL_FRAMES_PER_LATENT * g.dcae_window))
+        elif i == 0:
+            keep = (0, mel_len - g.mel_overlap)
+        elif i == len(anchors) - 1:
+            keep = (g.mel_overlap, mel_len)
+        else:
+            keep = (g.mel_overlap, mel_len - g.mel_overlap)
+        plan.append((start, end, *keep))
+    return plan
 
 
 class MusicDCAE(nn.Module):
@@ -128,3 +176,62 @@ class MusicDCAE(nn.Module):
                 wave = resample(wave.cpu().float(), SAMPLE_RATE, sample_rate)
             waves.append(wave)
         return waves
+
+    # -- overlapped decode (upstream `decode_overlap`, only used for long outputs) -----------------
+    def decode_overlap(
+        self,
+        latents: Tensor,
+        sample_rate: int | None = None,
+        geometry: OverlapGeometry = OverlapGeometry(),
+    ) -> list[Tensor]:
+        """Windowed decode bounding memory: DCAE in overlapping latent windows, vocoder in blocks.
+
+        Numerically different from `decode` (window seams, both channels vocoded as one batch of
+        2, float32 ramps that promote the wave to float32, a natively built resampling kernel).
+        Each wave is cropped to `int(4096 * T * sr / 44100)` samples (sr = 44100 when None).
+        """
+        sr = SAMPLE_RATE if sample_rate is None else sample_rate
+        z = latents / self.scale_factor + self.shift_factor
+        waves = []
+        for item in z:
+            width = item.shape[-1]
+            pieces = []
+            for start, end, keep_start, keep_end in dcae_window_plan(width, geometry):
+                mel = self.dcae.decoder(item[None, :, :, start:end])
+                pieces.append(mel[..., keep_start:keep_end])
+            mel = torch.cat(pieces, dim=-1)
+            mel = mel * 0.5 + 0.5
+            mel = mel * (self.max_mel_value - self.min_mel_value) + self.min_mel_value
+            wave = self._vocode_blocks(mel[0], geometry)
+            if sr != SAMPLE_RATE:
+                wave = resample(wave.cpu(), SAMPLE_RATE, sr, native_kernel=True)
+            waves.append(wave[:, : int(LATENT_HOP * width * sr / SAMPLE_RATE)])
+        return waves
+
+    def _vocode_blocks(self, mel: Tensor, geometry: OverlapGeometry) -> Tensor:
+        """(2, n_mels, M) -> (2, >= 512 M): fixed-size mel blocks, linear cross-fades at the seams."""
+        g = geometry
+        hop_len = self.vocoder.hop_length
+        block_len = g.vocoder_block * hop_len
+        step = block_len - 2 * g.wave_overlap  # samples between block starts
+        total = mel.shape[-1] * hop_len
+        if step % hop_len:
+            raise ValueError("vocoder block step must be a whole number of mel frames")
+
+        def vocode(first_frame: int) -> Tensor:
+            block = mel[..., first_frame : first_frame + g.vocoder_block]
+            block = F.pad(block, (0, g.vocoder_block - block.shape[-1]))  # zeros: not silence in log-mel
+            return self.vocoder.decode(block).squeeze(1)  # (2, block_len)
+
+        out = vocode(0)[:, : -g.wave_overlap]
+        pos = step
+        while pos < total:
+            w = vocode(pos // hop_len)
+            cf = min(g.crossfade, out.shape[-1], w.shape[-1] - (g.wave_overlap - g.crossfade))
+            ramp_down = torch.linspace(1, 0, cf, dtype=torch.float32, device=w.device)
+            ramp_up = torch.linspace(0, 1, cf, dtype=torch.float32, device=w.device)
+            blended = out[:, -cf:] * ramp_down + w[:, g.wave_overlap - cf : g.wave_overlap] * ramp_up
+            tail = w[:, g.wave_overlap :] if pos + step >= total else w[:, g.wave_overlap : -g.wave_overlap]
+            out = torch.cat([out[:, :-cf], blended, tail], dim=-1)  # float32 from here on
+            pos += step
+        return out

@@ -103,32 +103,41 @@ def _reduced_rates(orig_sr: int, new_sr: int) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=32)
-def _build_resample_kernel(orig_sr: int, new_sr: int) -> tuple[Tensor, int, int, int]:
+def _build_resample_kernel(
+    orig_sr: int, new_sr: int, native_dtype: torch.dtype | None
+) -> tuple[Tensor, int, int, int]:
     o, n = _reduced_rates(orig_sr, new_sr)
     base = min(o, n) * _RESAMPLE_ROLLOFF
     width = math.ceil(_RESAMPLE_TAPS_PER_SIDE * o / base)
 
-    # Tap positions m/o in float64; output phases j/n in float32 (upstream divides an integer
-    # arange, which gives the default float dtype) and only then promoted to float64. This mixed
-    # precision is what upstream's kernel (no explicit dtype) does; keep it for parity.
-    tap_pos = torch.arange(-width, width + o, dtype=torch.float64, device="cpu")[None, None] / o
-    phase = torch.arange(0, -n, -1, dtype=torch.float32, device="cpu")[:, None, None] / n
+    # Variant (a), native_dtype None: tap positions m/o in float64, output phases j/n in float32
+    # (upstream divides an integer arange, which gives the default float dtype) promoted to
+    # float64, result cast to float32. Variant (c): every step in `native_dtype`.
+    tap_dtype = torch.float64 if native_dtype is None else native_dtype
+    phase_dtype = torch.float32 if native_dtype is None else native_dtype
+    tap_pos = torch.arange(-width, width + o, dtype=tap_dtype, device="cpu")[None, None] / o
+    phase = torch.arange(0, -n, -1, dtype=phase_dtype, device="cpu")[:, None, None] / n
     tau = (phase + tap_pos) * base
     tau = tau.clamp(-_RESAMPLE_TAPS_PER_SIDE, _RESAMPLE_TAPS_PER_SIDE)
     window = torch.cos(tau * math.pi / _RESAMPLE_TAPS_PER_SIDE / 2) ** 2
     arg = tau * math.pi
     sinc = torch.where(arg == 0, torch.ones((), dtype=arg.dtype, device="cpu"), arg.sin() / arg)
     kernel = sinc * (window * (base / o))
-    return kernel.to(torch.float32), width, o, n
+    if native_dtype is None:
+        kernel = kernel.to(torch.float32)
+    return kernel, width, o, n
 
 
-def resample_kernel(orig_sr: int, new_sr: int) -> tuple[Tensor, int, int, int]:
-    """Polyphase sinc kernel `(n, 1, 2*width + o)` float32, plus `(width, o, n)` (gcd-reduced).
+def resample_kernel(
+    orig_sr: int, new_sr: int, native_dtype: torch.dtype | None = None
+) -> tuple[Tensor, int, int, int]:
+    """Polyphase sinc kernel `(n, 1, 2*width + o)` plus `(width, o, n)` (gcd-reduced rates).
 
-    Variant (a) of spec 3.6 (float64 construction with float32 phases, cast to float32); cached per
-    rate pair. The cached tensor is shared: do not modify it in place.
+    `native_dtype=None`: variant (a) of spec 3.6 (float64 construction with float32 phases, cast to
+    float32), used by upstream's default decode. `native_dtype=dt`: variant (c), built entirely in
+    `dt` (upstream's overlapped decode). Cached per arguments: do not modify the tensor in place.
     """
-    return _build_resample_kernel(int(orig_sr), int(new_sr))
+    return _build_resample_kernel(int(orig_sr), int(new_sr), native_dtype)
 
 
 def resampled_length(length: int, orig_sr: int, new_sr: int) -> int:
@@ -142,15 +151,16 @@ def resampled_length(length: int, orig_sr: int, new_sr: int) -> int:
     return int(math.ceil(float(torch.tensor(n * length / o, dtype=torch.float32))))
 
 
-def resample(wave: Tensor, orig_sr: int, new_sr: int) -> Tensor:
+def resample(wave: Tensor, orig_sr: int, new_sr: int, native_kernel: bool = False) -> Tensor:
     """Resample along the last axis (identity when the rates are equal).
 
-    The kernel is cast to `wave`'s dtype and device: float32 input gives spec variant (a), bf16
-    input gives variant (b) (the float32 kernel rounded to bf16), as upstream's encode path does.
+    By default the variant-(a) float32 kernel is cast to `wave`'s dtype: float32 input gives spec
+    variant (a), bf16 input variant (b) (as upstream's encode path). `native_kernel=True` builds
+    the kernel directly in `wave`'s dtype (variant (c), upstream's overlapped decode).
     """
     if int(orig_sr) == int(new_sr):
         return wave
-    kernel, width, o, n = resample_kernel(orig_sr, new_sr)
+    kernel, width, o, n = resample_kernel(orig_sr, new_sr, wave.dtype if native_kernel else None)
     kernel = kernel.to(device=wave.device, dtype=wave.dtype)
 
     lead_shape = wave.shape[:-1]

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+DEFAULT_CHECKPOINT = "ACE-Step/ACE-Step-v1-3.5B"
+
 SCHEDULERS: tuple[str, ...] = ("euler", "heun", "pingpong")
 CFG_TYPES: tuple[str, ...] = ("apg", "cfg", "cfg_star")
 TASKS: tuple[str, ...] = ("text2music",)

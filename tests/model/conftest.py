@@ -1,0 +1,40 @@
+"""Engine fixtures: ONE tiny random-weight checkpoint and ONE loaded CPU pipeline per session.
+
+The checkpoint is written by the real `make_tiny_checkpoint` in the official four-folder layout
+(it carries its own lyric vocabulary, so nothing is downloaded). Tests that need to corrupt or
+re-shard it copy it first (`copy_tiny_checkpoint`); the session copy is never modified.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of the session's tiny checkpoint (profile "tiny", seed 0). Read-only by convention."""
+    from acestep_batch.model.tiny import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_ckpt"), "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_ckpt: Path):
+    """The real pipeline loaded from the tiny checkpoint on CPU in float32."""
+    from acestep_batch.model.pipeline import AceStepPipeline, EngineConfig
+
+    return AceStepPipeline.from_checkpoint(EngineConfig(checkpoint=str(tiny_ckpt), device="cpu", dtype="float32"))
+
+
+@pytest.fixture
+def copy_tiny_checkpoint(tiny_ckpt: Path, tmp_path: Path) -> Callable[[str], Path]:
+    """Copy the session checkpoint to `tmp_path/<name>` (for tests that modify files)."""
+
+    def copy(name: str = "ckpt") -> Path:
+        return Path(shutil.copytree(tiny_ckpt, tmp_path / name))
+
+    return copy
