@@ -311,10 +311,38 @@ class AceStepPipeline:
             generators.append(generator)
         return torch.cat(pieces, dim=0), generators
 
+    def sample_latents(self, requests: Sequence[GenerationRequest], progress: ProgressCallback | None = None) -> list[torch.Tensor]:
+        """Final latents (1, 8, 16, T_i) per request, before decoding; requests must share one
+        `loop_key()`. Exposed for parity tests and for tasks that post-process latents."""
+        if len({r.loop_key() for r in requests}) != 1:
+            raise ValueError("sample_latents needs requests with one loop key; use generate() to mix them")
+        with self._lock, torch.inference_mode():
+            x, frames = self._sample(requests, progress)
+        return [x[row : row + 1, :, :, :length].clone() for row, length in enumerate(frames)]
+
     def _generate_group(
         self, requests: Sequence[GenerationRequest], sample_rate: int, progress: ProgressCallback | None
     ) -> list[GenerationResult]:
         started = time.perf_counter()
+        x, frames = self._sample(requests, progress)
+        sampled = time.perf_counter()
+        waves = []
+        with self._resident(self.music_dcae) as music_dcae:
+            for row, length in enumerate(frames):
+                wave = music_dcae.decode(x[row : row + 1, :, :, :length])[0]
+                wave = wave.to("cpu").float()
+                if sample_rate != SAMPLE_RATE:
+                    wave = resample(wave, SAMPLE_RATE, sample_rate)
+                waves.append(wave)
+        decoded = time.perf_counter()
+        timings = {"sampling_s": sampled - started, "decode_s": decoded - sampled, "batch_size": float(len(requests))}
+        return [
+            GenerationResult(request=r, audio=wave, sample_rate=sample_rate, latent_frames=length, timings=dict(timings))
+            for r, wave, length in zip(requests, waves, frames)
+        ]
+
+    def _sample(self, requests: Sequence[GenerationRequest], progress: ProgressCallback | None) -> tuple[torch.Tensor, list[int]]:
+        """Conditioning and the sampler loop for one batch; returns padded latents and lengths."""
         first = requests[0]
         schedule = sched.make_schedule(first.scheduler, first.steps, first.oss_steps_list(), self.dtype)
         frames = [latent_frames_for_duration(r.duration) for r in requests]
@@ -322,7 +350,6 @@ class AceStepPipeline:
         frame_index = torch.arange(width, device=self.device)
         latent_mask = (frame_index[None, :] < torch.tensor(frames, device=self.device)[:, None]).to(self.dtype)
         cond, null, text_only = self._conditions(requests)
-        conditioned = time.perf_counter()
 
         x, generators = self._initial_noise(requests, frames)
         windows = [sched.guidance_window(schedule.num_steps, r.guidance_interval) for r in requests]
@@ -352,25 +379,7 @@ class AceStepPipeline:
                                windows, momentum, heun_states, generators)
                 if progress is not None:
                     progress(step + 1, total)
-        sampled = time.perf_counter()
-
-        waves = []
-        with self._resident(self.music_dcae) as music_dcae:
-            for row, length in enumerate(frames):
-                wave = music_dcae.decode(x[row : row + 1, :, :, :length])[0]
-                wave = wave.to("cpu").float()
-                if sample_rate != SAMPLE_RATE:
-                    wave = resample(wave, SAMPLE_RATE, sample_rate)
-                waves.append(wave)
-        decoded = time.perf_counter()
-        timings = {
-            "conditioning_s": conditioned - started, "diffusion_s": sampled - conditioned,
-            "decode_s": decoded - sampled, "batch_size": float(len(requests)),
-        }
-        return [
-            GenerationResult(request=r, audio=wave, sample_rate=sample_rate, latent_frames=length, timings=dict(timings))
-            for r, wave, length in zip(requests, waves, frames)
-        ]
+        return x, frames
 
     def _step(
         self, requests, frames, schedule, sigmas, step, x, v_cond, active, v_null, v_text, windows, momentum,

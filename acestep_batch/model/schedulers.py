@@ -83,7 +83,8 @@ def make_schedule(
 
 def omega_factor(omega_scale: float) -> float:
     """Mean-preserving amplification factor of the Euler/Heun update ('granularity')."""
-    return float(0.9 + 0.2 / (1 + np.exp(-0.1 * omega_scale)))
+    # written as upstream does, (1.1 - 0.9) rather than 0.2: the two differ in the last bit
+    return float(0.9 + (1.1 - 0.9) / (1 + np.exp(-0.1 * omega_scale)))
 
 
 def _omega(dx: torch.Tensor, omega_scale: float) -> torch.Tensor:
