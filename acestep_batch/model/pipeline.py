@@ -205,7 +205,7 @@ class AceStepPipeline:
         info = EngineInfo(
             checkpoint=resolved.source, checkpoint_path=str(root), revision=resolved.revision,
             fingerprint=fingerprint(root), device=str(device), dtype=str(dtype).replace("torch.", ""),
-            load_seconds=time.perf_counter() - started, extra={"lyric_vocab": str(vocab_path)},
+            load_seconds=time.perf_counter() - started, extra={"lyric_vocab": str(vocab_path), "torch_threads": torch.get_num_threads()},
         )
         return cls(transformer, prompt_encoder, music_dcae, lyric_tokenizer, device, dtype, info, config.cpu_offload)
 

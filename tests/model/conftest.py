@@ -8,7 +8,7 @@ re-shard it copy it first (`copy_tiny_checkpoint`); the session copy is never mo
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,3 +38,21 @@ def copy_tiny_checkpoint(tiny_ckpt: Path, tmp_path: Path) -> Callable[[str], Pat
         return Path(shutil.copytree(tiny_ckpt, tmp_path / name))
 
     return copy
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One intra-op thread for the engine modules' tests, restored afterwards.
+
+    The tiny models run many small kernels; on a 2-core machine shared with other processes
+    (Ray workers, parallel jobs) two OpenMP threads spin-wait for each other and a 0.1 s
+    generation can take 10 s. Results compared within a test are computed under the same setting.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -16,6 +16,8 @@ from acestep_batch.model.checkpoint import CheckpointError, resolve_checkpoint
 from acestep_batch.model.pipeline import AceStepPipeline, EngineConfig
 from acestep_batch.model.request import GenerationRequest
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 COMPONENTS = ("ace_step_transformer", "music_dcae_f8c8", "music_vocoder", "umt5-base")
 WEIGHTS = {
     "ace_step_transformer": "diffusion_pytorch_model.safetensors",
@@ -144,6 +146,20 @@ def test_umt5_decoder_and_lm_head_keys_are_ignored(copy_tiny_checkpoint, tiny_pi
 
     _rewrite(root, "umt5-base", add)
     pipeline = _load(root)
+    assert_same_audio(pipeline.generate([SHORT])[0].audio, tiny_pipe.generate([SHORT])[0].audio)
+
+
+def test_optional_vocoder_buffers_present_or_absent(copy_tiny_checkpoint, tiny_pipe) -> None:
+    """Spec 1.3: the vocoder's Hann window and mel filterbank may or may not be stored."""
+    root = copy_tiny_checkpoint()
+    stored = {"mel_transform.spectrogram.window": torch.hann_window(2048, periodic=True)}
+    computed = dict(tiny_pipe.music_dcae.vocoder.state_dict())
+    stored["mel_transform.mel_scale.fb"] = computed["mel_transform.mel_scale.fb"].clone()
+    assert torch.equal(computed["mel_transform.spectrogram.window"], stored["mel_transform.spectrogram.window"])
+    _rewrite(root, "music_vocoder", lambda t: t.update(stored))
+    pipeline = _load(root)
+    loaded = pipeline.music_dcae.vocoder.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in stored.items())
     assert_same_audio(pipeline.generate([SHORT])[0].audio, tiny_pipe.generate([SHORT])[0].audio)
 
 

@@ -7,6 +7,8 @@ import torch
 
 from acestep_batch.model import guidance as guide
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def _pair(seed: int, shape=(2, 8, 16, 6), scale=1.0) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)

@@ -25,6 +25,8 @@ from acestep_batch.model.transformer import (
     rope_tables,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 # ------------------------------------------------------------------------------------------------
 # Expected key -> shape map, generated from the spec's rules (2.1 and 2.9)
 # ------------------------------------------------------------------------------------------------
@@ -114,7 +116,8 @@ def _numel(shapes) -> int:
 def _diff_message(expected: dict, actual: dict) -> str:
     missing = sorted(set(expected) - set(actual))[:10]
     extra = sorted(set(actual) - set(expected))[:10]
-    shapes = sorted(f"{k}: {actual[k]} != {expected[k]}" for k in set(expected) & set(actual) if actual[k] != expected[k])[:10]
+    common = set(expected) & set(actual)
+    shapes = sorted(f"{k}: {actual[k]} != {expected[k]}" for k in common if actual[k] != expected[k])[:10]
     return f"missing {missing}; unexpected {extra}; wrong shapes {shapes}"
 
 
@@ -386,7 +389,8 @@ def test_encode_repacks_padded_conditions_like_single_runs(tiny_pipe) -> None:
         valid = s_mask[0].bool()
         count = int(valid.sum())
         assert count == 1 + text_lengths[i] + lyric_lengths[i]
-        assert torch.equal(mask[i, :count], torch.ones(count)) and torch.equal(mask[i, count:], torch.zeros(mask.shape[1] - count))
+        assert torch.equal(mask[i, :count], torch.ones(count))
+        assert torch.equal(mask[i, count:], torch.zeros(mask.shape[1] - count))
         torch.testing.assert_close(states[i, :count], s_states[0][valid], atol=1e-5, rtol=1e-5)
 
 
