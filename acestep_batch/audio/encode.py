@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
+from .qc import as_2d
+
 AUDIO_FORMATS: tuple[str, ...] = ("wav", "flac", "ogg", "mp3")
 BIT_DEPTHS: tuple[str, ...] = ("16", "24", "float")
 FILE_EXTENSIONS: dict[str, str] = {"wav": "wav", "flac": "flac", "ogg": "ogg", "mp3": "mp3"}
@@ -57,11 +59,7 @@ def _subtype(fmt: str, bit_depth: str) -> str:
 
 def _channel_first(wave: np.ndarray) -> np.ndarray:
     """Validate `wave` and return it as float32 (channels, samples)."""
-    arr = np.asarray(wave)
-    if arr.ndim == 1:
-        arr = arr[np.newaxis, :]
-    if arr.ndim != 2:
-        raise ValueError(f"wave must be (channels, samples) or (samples,), got shape {arr.shape}")
+    arr = as_2d(wave)
     if not 1 <= arr.shape[0] <= MAX_CHANNELS:
         raise ValueError(
             f"wave has {arr.shape[0]} channels (shape {arr.shape}); expected channel-first "

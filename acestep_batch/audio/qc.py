@@ -36,7 +36,8 @@ def _dbfs(amplitude: float) -> float:
     return max(DBFS_FLOOR, 20.0 * math.log10(amplitude))
 
 
-def _as_2d(wave: np.ndarray) -> np.ndarray:
+def as_2d(wave: np.ndarray) -> np.ndarray:
+    """(channels, samples) view of a wave; a 1-D wave is one channel."""
     arr = np.asarray(wave)
     if arr.ndim == 1:
         arr = arr[np.newaxis, :]
@@ -56,7 +57,7 @@ def check_audio(
     2). Peak and RMS are over the finite values only, so one NaN does not hide the level of the
     rest; dBFS is relative to full scale 1.0 and floored at `DBFS_FLOOR` for digital silence.
     """
-    arr = _as_2d(wave).astype(np.float64, copy=False)
+    arr = as_2d(wave).astype(np.float64, copy=False)
     finite_mask = np.isfinite(arr)
     nonfinite = int(arr.size - np.count_nonzero(finite_mask))
     finite = np.abs(arr[finite_mask])

@@ -58,8 +58,8 @@ def scale_rows(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     return (x.float() * scale.view(-1, *([1] * (x.dim() - 1)))).to(x.dtype)
 
 
-class LinearSelfAttention(nn.Module):
-    """`attn`: ReLU linear attention with RoPE on q and k, no 1/sqrt(d) scaling."""
+class _AttentionProjections(nn.Module):
+    """The q/k/v/out projections every attention of the block owns (diffusers `Attention` names)."""
 
     def __init__(self, dim: int, heads: int, head_dim: int) -> None:
         super().__init__()
@@ -69,6 +69,10 @@ class LinearSelfAttention(nn.Module):
         self.to_k = nn.Linear(dim, inner)
         self.to_v = nn.Linear(dim, inner)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(0.0)])
+
+
+class LinearSelfAttention(_AttentionProjections):
+    """`attn`: ReLU linear attention with RoPE on q and k, no 1/sqrt(d) scaling."""
 
     def forward(
         self, x: torch.Tensor, latent_mask: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor],
@@ -97,23 +101,18 @@ class LinearSelfAttention(nn.Module):
         return o.clamp(-FP16_MAX, FP16_MAX)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_AttentionProjections):
     """`cross_attn`: softmax SDPA over the condition sequence with RoPE on q and k.
 
     The `add_*` projections and `to_add_out` exist in the checkpoint but are never used.
     """
 
     def __init__(self, dim: int, heads: int, head_dim: int) -> None:
-        super().__init__()
-        self.heads, self.head_dim = heads, head_dim
+        super().__init__(dim, heads, head_dim)
         inner = heads * head_dim
-        self.to_q = nn.Linear(dim, inner)
-        self.to_k = nn.Linear(dim, inner)
-        self.to_v = nn.Linear(dim, inner)
         self.add_k_proj = nn.Linear(dim, inner)
         self.add_v_proj = nn.Linear(dim, inner)
         self.add_q_proj = nn.Linear(dim, inner)
-        self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(0.0)])
         self.to_add_out = nn.Linear(inner, dim)
 
     def forward(

@@ -183,8 +183,25 @@ class ConvNeXtEncoder(nn.Module):
         return self.norm(x)
 
 
-class WeightNormConv1d(nn.Module):
-    """Conv1d whose weight is `g * v / ||v||` (norm over all dims but 0), recomputed per forward."""
+class _WeightNormed(nn.Module):
+    """Weight norm over dim 0 as the old `torch.nn.utils.weight_norm` hook: parameters `weight_g`
+    and `weight_v`; the effective weight is recomputed from them at every call (in their dtype)."""
+
+    def __init__(self, shape: tuple[int, int, int], out_channels: int) -> None:
+        super().__init__()
+        v = torch.empty(*shape)
+        nn.init.normal_(v, 0.0, 0.01)
+        self.weight_v = nn.Parameter(v)
+        self.weight_g = nn.Parameter(torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    @property
+    def weight(self) -> Tensor:
+        return torch._weight_norm(self.weight_v, self.weight_g, 0)
+
+
+class WeightNormConv1d(_WeightNormed):
+    """Conv1d with weight norm over dim 0 (= output channels: `weight_g` is [out, 1, 1])."""
 
     def __init__(
         self,
@@ -194,39 +211,21 @@ class WeightNormConv1d(nn.Module):
         dilation: int = 1,
         padding: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__((out_channels, in_channels, kernel_size), out_channels)
         self.dilation = dilation
         self.padding = padding
-        v = torch.empty(out_channels, in_channels, kernel_size)
-        nn.init.normal_(v, 0.0, 0.01)
-        self.weight_v = nn.Parameter(v)
-        self.weight_g = nn.Parameter(torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True))
-        self.bias = nn.Parameter(torch.zeros(out_channels))
-
-    @property
-    def weight(self) -> Tensor:
-        return torch._weight_norm(self.weight_v, self.weight_g, 0)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv1d(x, self.weight, self.bias, padding=self.padding, dilation=self.dilation)
 
 
-class WeightNormConvTranspose1d(nn.Module):
+class WeightNormConvTranspose1d(_WeightNormed):
     """ConvTranspose1d with weight norm over dim 0 (= input channels: `weight_g` is [in, 1, 1])."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int) -> None:
-        super().__init__()
+        super().__init__((in_channels, out_channels, kernel_size), out_channels)
         self.stride = stride
         self.padding = padding
-        v = torch.empty(in_channels, out_channels, kernel_size)
-        nn.init.normal_(v, 0.0, 0.01)
-        self.weight_v = nn.Parameter(v)
-        self.weight_g = nn.Parameter(torch.linalg.vector_norm(v, dim=(1, 2), keepdim=True))
-        self.bias = nn.Parameter(torch.zeros(out_channels))
-
-    @property
-    def weight(self) -> Tensor:
-        return torch._weight_norm(self.weight_v, self.weight_g, 0)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv_transpose1d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
