@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import platform
@@ -103,13 +104,16 @@ def _start_ray(config: JobConfig, replicas_hint: int) -> bool:
 
     if ray.is_initialized():
         return False
+    quiet = {} if config.ray_progress_bars else {"logging_level": logging.WARNING}
     ray.data.DataContext.get_current().enable_progress_bars = config.ray_progress_bars
+    if not config.ray_progress_bars:  # our own progress bar and summary replace Ray Data's chatter
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     if config.address:
-        ray.init(address=config.address, log_to_driver=True)
+        ray.init(address=config.address, log_to_driver=True, **quiet)
         return True
     cpus = config.local_num_cpus or max(os.cpu_count() or 1, math.ceil(replicas_hint * config.cpus_per_replica) + 1)
     ray.init(num_cpus=cpus, num_gpus=config.local_num_gpus, include_dashboard=config.dashboard,
-             dashboard_host="127.0.0.1", log_to_driver=True)
+             dashboard_host="127.0.0.1", log_to_driver=True, **quiet)
     return True
 
 
