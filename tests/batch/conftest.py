@@ -27,7 +27,10 @@ def local_ray() -> Iterator[None]:
     import ray
 
     ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    # start rendering only when every replica is up, so multi-replica tests really spread work
+    context.wait_for_min_actors_s = 120
     try:
         yield
     finally:

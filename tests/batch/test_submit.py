@@ -83,7 +83,7 @@ def test_output_does_not_depend_on_batching_or_sharding(tmp_path: Path, tiny_che
     runs = {
         "b1": dict(batch_size=1),
         "b4": dict(batch_size=4),
-        "r2": dict(batch_size=2, replicas=2, gpus_per_replica=1.0),
+        "r2": dict(batch_size=1, replicas=2, gpus_per_replica=1.0),
     }
     audio = {}
     for name, options in runs.items():
