@@ -17,7 +17,6 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from acestep_batch.storage import read_parquet_bytes
 from acestep_batch.manifest.schema import METADATA_FILES, METADATA_URI, TEXT_COLUMNS

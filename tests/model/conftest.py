@@ -40,9 +40,9 @@ def copy_tiny_checkpoint(tiny_ckpt: Path, tmp_path: Path) -> Callable[[str], Pat
     return copy
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def single_thread() -> Iterator[None]:
-    """One intra-op thread for the engine modules' tests, restored afterwards.
+    """One intra-op thread for every engine test module, restored afterwards.
 
     The tiny models run many small kernels; on a 2-core machine shared with other processes
     (Ray workers, parallel jobs) two OpenMP threads spin-wait for each other and a 0.1 s

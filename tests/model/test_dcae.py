@@ -26,13 +26,6 @@ from acestep_batch.model.dsp import resample
 from acestep_batch.model.vocoder import ADaMoSHiFiGANV1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny ops: one intra-op thread is faster and immune to oversubscription on a busy 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 TINY_DCAE = dict(
     in_channels=2,

@@ -14,13 +14,6 @@ import torch
 from acestep_batch.model import dsp
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny ops: one intra-op thread is faster and immune to oversubscription on a busy 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 # ------------------------------------------------------------------------------------------------
 # Independent float64 references

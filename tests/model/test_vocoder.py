@@ -21,13 +21,6 @@ from acestep_batch.model.vocoder import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny ops: one intra-op thread is faster and immune to oversubscription on a busy 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 TINY = dict(input_channels=128, depths=[1, 1, 1, 1], dims=[8, 16, 24, 32], num_mels=32, upsample_initial_channel=128)
