@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
@@ -157,3 +158,18 @@ def test_overwrite_and_dry_run(tmp_path: Path, tiny_checkpoint: Path) -> None:
     assert (summary.generated, summary.skipped) == (2, 0)
     assert len(list((out / "metadata").iterdir())) >= 1
     shutil.rmtree(out)
+
+
+def test_output_failing_the_quality_check_is_recorded_and_not_written(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    blown_up = {"id": "nan", "prompt": "noise", "duration": 1.0, "seed": 4, "steps": 3, "cfg_type": "cfg",
+                "guidance_scale": 1e30, "guidance_interval": 1.0}  # overflows to inf, then NaN audio
+    manifest = write_manifest(tmp_path / "m.parquet", [MIXED_ROWS[0], blown_up])
+    out = tmp_path / "out"
+    summary, lines = run(manifest, str(out), tiny_checkpoint, batch_size=2)
+    assert (summary.generated, summary.failed) == (1, 1)
+    assert any(line.startswith("failed nan:") for line in lines)
+    meta = _metadata(out)
+    assert meta.loc["nan", "status"] == "failed" and "quality check failed" in meta.loc["nan", "error"]
+    assert pd.isna(meta.loc["nan", "audio_uri"])
+    assert not (out / "audio" / "nan.wav").exists()
+    assert meta.loc["inst-a", "status"] == "ok" and (out / "audio" / "inst-a.wav").exists()
