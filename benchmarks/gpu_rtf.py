@@ -62,10 +62,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--steps", type=int, nargs="+", default=[27, 60])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (a smoke test of the script)")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("gpu_rtf.py needs a CUDA GPU")
-    device, dtype = torch.device("cuda"), torch.bfloat16
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu_rtf.py needs a CUDA GPU (use --device cpu only to smoke-test the script)")
+    device, dtype = torch.device(args.device), torch.bfloat16
+    cuda = device.type == "cuda"
     pipeline = build_pipeline(device, dtype)
     lyrics = "[verse]\nneon lights they flicker bright\ncity never sleeps tonight\n[chorus]\nwe are young"
     results = []
@@ -73,16 +75,19 @@ def main() -> None:
         request = GenerationRequest(prompt="pop, synth, female vocal, 120 bpm", lyrics=lyrics,
                                     duration=args.duration, seed=0, steps=steps)
         pipeline.generate([request])  # warm-up
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         result = pipeline.generate([request])[0]
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
         wall = time.perf_counter() - started
         audio = result.audio.shape[-1] / result.sample_rate
         results.append({"steps": steps, "audio_s": audio, "wall_s": wall, "rtf": audio / wall,
-                        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-                        "device": torch.cuda.get_device_name(), "timings": result.timings})
+                        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
+                        "device": torch.cuda.get_device_name() if cuda else "cpu", "timings": result.timings,
+                        "finite": bool(torch.isfinite(result.audio).all())})
         print(f"{steps} steps: {audio:.1f} s audio in {wall:.2f} s -> RTF {audio / wall:.2f}x, "
               f"peak {results[-1]['peak_gib']:.1f} GiB on {results[-1]['device']}")
     if args.json:
