@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -69,6 +70,10 @@ def submit(
     num_gpus: Optional[int] = typer.Option(None, help="Embedded Ray only: logical GPUs."),
     dashboard: bool = typer.Option(False, help="Embedded Ray only: start the Ray dashboard on 127.0.0.1:8265."),
     progress: bool = typer.Option(True, help="Show the live progress bar."),
+    via_serve: Optional[str] = typer.Option(
+        None, "--via-serve", metavar="[APP]",
+        help="Render on a running `acestep-batch serve` app (default name 'acestep') instead of starting "
+             "replicas; joins Ray at --address (default 'auto'). Online requests keep priority."),
 ) -> None:
     """Render every output of MANIFEST to OUTPUT (resumable: finished outputs are skipped)."""
     from .audio.encode import AUDIO_FORMATS, BIT_DEPTHS
@@ -83,17 +88,26 @@ def submit(
         _fail("--bit-depth float is not possible with FLAC; use 16 or 24")
     if sample_rate not in (44100, 48000):
         _fail(f"--sample-rate must be 44100 or 48000, got {sample_rate}")
-    _precheck_checkpoint(checkpoint, revision)
+    if via_serve is None:
+        _precheck_checkpoint(checkpoint, revision)
+    elif address is None:
+        address = "auto"  # the serve command's Ray instance (or a cluster) on this machine
     config = JobConfig(
         manifest=manifest, output=output, checkpoint=checkpoint, revision=revision, lyric_vocab=lyric_vocab,
         dtype=dtype, address=address, replicas=replicas, gpus_per_replica=gpus_per_replica,
         cpus_per_replica=cpus_per_replica, batch_size=batch_size, format=format, sample_rate=sample_rate,
         bit_depth=bit_depth, storage_options=_storage_options(storage_options), overwrite=overwrite,
         dry_run=dry_run, local_num_cpus=num_cpus, local_num_gpus=num_gpus, dashboard=dashboard, show_progress=progress,
+        via_serve=via_serve,
     )
     try:
         summary = run_job(config, echo=typer.echo)
     except ManifestError as error:
+        _fail(str(error))
+        return
+    except ValueError as error:
+        if via_serve is None:
+            raise
         _fail(str(error))
         return
     if summary.failed:
@@ -175,6 +189,74 @@ def generate(
         _fail("quality check: " + "; ".join(report.problems), code=1)
 
 
+def _parse_autoscale(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if text is None:
+        return None
+    try:
+        low, high = (int(part) for part in text.split(":"))
+    except ValueError:
+        _fail(f"--autoscale must look like MIN:MAX (e.g. 1:4), got {text!r}")
+        return None
+    if low < 0 or high < max(1, low):
+        _fail(f"--autoscale needs 0 <= MIN <= MAX and MAX >= 1, got {text!r}")
+    return low, high
+
+
+@app.command()
+def serve(
+    checkpoint: str = typer.Option(DEFAULT_CHECKPOINT, help="Local checkpoint folder or Hugging Face repo id."),
+    revision: Optional[str] = typer.Option(None, help="Hub revision of the checkpoint."),
+    lyric_vocab: Optional[str] = typer.Option(None, help="Path of the lyric BPE vocabulary (vocab.json)."),
+    dtype: Optional[str] = typer.Option(None, help="bfloat16 or float32; default bf16 on CUDA, fp32 on CPU."),
+    replicas: int = typer.Option(1, min=1, help="Serve replicas (one resident model each)."),
+    autoscale: Optional[str] = typer.Option(None, help="MIN:MAX replicas with Serve autoscaling (overrides --replicas)."),
+    gpus_per_replica: float = typer.Option(0.0, min=0.0, help="GPUs per replica (1 on a GPU machine)."),
+    cpus_per_replica: float = typer.Option(0.5, min=0.0, help="CPUs reserved per replica (fractional leaves room for --via-serve jobs)."),
+    host: str = typer.Option("127.0.0.1", help="HTTP host to bind."),
+    port: int = typer.Option(8000, min=0, max=65535, help="HTTP port."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Where ?store=true and /v1/tasks write audio (local folder or fsspec URL)."),
+    storage_options: Optional[str] = typer.Option(None, help="JSON object of fsspec storage options."),
+    api_key_env: Optional[str] = typer.Option(None, help="Name of an env var holding a bearer key; requests without it get 401."),
+    address: Optional[str] = typer.Option(None, help="Ray address ('auto', 'ray://host:10001'); default: embedded local Ray."),
+    name: str = typer.Option("acestep", help="Serve application name (what `submit --via-serve NAME` uses)."),
+    format: str = typer.Option("wav", "--format", help="Default audio format (a request's 'format' overrides)."),
+    sample_rate: int = typer.Option(44100, help="44100 or 48000."),
+    bit_depth: str = typer.Option("24", help="16, 24 or float (wav/flac)."),
+    max_batch_size: int = typer.Option(4, min=1, help="Online requests gathered into one engine call."),
+    batch_wait_ms: float = typer.Option(50.0, min=0.0, help="How long the first request waits for others to join its batch."),
+    max_queued: int = typer.Option(16, min=1, help="Online requests waiting per replica before 503 + Retry-After."),
+    max_duration: float = typer.Option(240.0, min=1.0, max=240.0, help="Longest duration a request may ask for (seconds)."),
+    max_steps: int = typer.Option(200, min=1, help="Most sampler steps a request may ask for."),
+    request_timeout: float = typer.Option(600.0, min=1.0, help="Seconds before a waiting request answers 504."),
+    num_cpus: Optional[int] = typer.Option(None, help="Embedded Ray only: logical CPUs."),
+    num_gpus: Optional[int] = typer.Option(None, help="Embedded Ray only: logical GPUs."),
+    ready_file: Optional[Path] = typer.Option(None, help="Write the base URL to this file once the app answers /v1/health."),
+) -> None:
+    """Serve online generation over HTTP (Ray Serve, FastAPI; OpenAPI at /docs) until Ctrl-C."""
+    from .audio.encode import AUDIO_FORMATS, BIT_DEPTHS
+    from .serve.app import ServeConfig, ServeRunOptions, run_server
+
+    if format not in AUDIO_FORMATS:
+        _fail(f"--format must be one of {', '.join(AUDIO_FORMATS)}, got {format!r}")
+    if bit_depth not in BIT_DEPTHS:
+        _fail(f"--bit-depth must be one of {', '.join(BIT_DEPTHS)}, got {bit_depth!r}")
+    if sample_rate not in (44100, 48000):
+        _fail(f"--sample-rate must be 44100 or 48000, got {sample_rate}")
+    if api_key_env is not None and not os.environ.get(api_key_env):
+        _fail(f"--api-key-env {api_key_env}: that environment variable is not set or empty")
+    _precheck_checkpoint(checkpoint, revision)
+    config = ServeConfig(
+        checkpoint=checkpoint, revision=revision, lyric_vocab=lyric_vocab, dtype=dtype, sample_rate=sample_rate,
+        format=format, bit_depth=bit_depth, output=output, storage_options=_storage_options(storage_options),
+        api_key_env=api_key_env, replicas=replicas, autoscale=_parse_autoscale(autoscale), num_cpus=cpus_per_replica,
+        num_gpus=gpus_per_replica, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, max_queued=max_queued,
+        max_duration=max_duration, max_steps=max_steps, request_timeout_s=request_timeout,
+    )
+    options = ServeRunOptions(host=host, port=port, address=address, app_name=name, num_cpus=num_cpus,
+                              num_gpus=num_gpus, ready_file=str(ready_file) if ready_file else None)
+    raise typer.Exit(run_server(config, options, echo=typer.echo))
+
+
 @manifest_app.command("validate")
 def manifest_validate(
     manifest: str = typer.Argument(..., help="Manifest file or folder (local or fsspec URL)."),
@@ -224,7 +306,19 @@ def model_info(
     typer.echo(f"{'total':<14}{total:>16,}{total * 2 / 2**30:>10.3f}")
 
 
+def default_option_values(argv: list[str]) -> list[str]:
+    """`--via-serve` may be given without a value (typer has no optional-value options): a bare
+    `--via-serve` (last, or followed by another option) means the default app 'acestep'."""
+    result: list[str] = []
+    for index, arg in enumerate(argv):
+        result.append(arg)
+        if arg == "--via-serve" and (index + 1 == len(argv) or argv[index + 1].startswith("-")):
+            result.append("acestep")
+    return result
+
+
 def main() -> None:
+    sys.argv[1:] = default_option_values(sys.argv[1:])
     sys.exit(app())
 
 

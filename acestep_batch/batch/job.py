@@ -5,6 +5,8 @@ deterministic batch plan -> drop outputs already finished -> `map_batches` over 
 `AceStepReplica`s (one resident pipeline each, `num_gpus` per actor) -> a CPU actor stage that
 checks, encodes and atomically writes audio and commits each batch's metadata Parquet -> the
 driver streams the small summary rows into a live progress bar and writes `run.json`.
+With `via_serve` the replica stage is replaced by `serve_stage.ServeRenderCaller`, which sends
+each planned batch to a running Serve app's replicas; everything else is the same.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class JobConfig:
     ray_progress_bars: bool = False
     dashboard: bool = False
     show_progress: bool = True
+    via_serve: str | None = None  # name of a running Serve app whose replicas render (see serve_stage)
+    via_serve_concurrency: int = 2  # planned batches in flight to the Serve app at once
 
 
 @dataclass
@@ -164,6 +168,10 @@ def run_job(config: JobConfig, echo: Callable[[str], None] = print) -> JobSummar
 
     started_ray = _start_ray(config, config.replicas or 1)
     try:
+        if config.via_serve:
+            from .serve_stage import check_serve_app
+
+            check_serve_app(config.via_serve, config.sample_rate)
         summary = _execute(config, storage, batches, formats, pending, skipped, len(specs), started, echo)
     finally:
         if started_ray:
@@ -182,25 +190,44 @@ def run_job(config: JobConfig, echo: Callable[[str], None] = print) -> JobSummar
 def _execute(config, storage, batches, formats, pending, skipped, total, started, echo) -> JobSummary:
     import ray
 
-    from .progress import JobProgress
-
-    replicas, gpus = _replica_layout(config)
-    replicas = min(replicas, len(batches))
-    engine = EngineConfig(checkpoint=config.checkpoint, revision=config.revision, dtype=config.dtype,
-                          lyric_vocab=config.lyric_vocab)
-    replica_config = ReplicaConfig(engine=engine, sample_rate=config.sample_rate)
     output_options = OutputOptions(uri=config.output, storage_options=config.storage_options, bit_depth=config.bit_depth)
-    echo(f"rendering on {replicas} replica(s) x {gpus:g} GPU, batch size {config.batch_size}; output {storage.url()}")
-
     dataset = ray.data.from_items(batch_rows(batches, formats), override_num_blocks=len(batches))
-    dataset = dataset.map_batches(
-        AceStepReplica, fn_constructor_kwargs={"config": replica_config}, batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=replicas), num_gpus=gpus, num_cpus=config.cpus_per_replica,
-    )
+    if config.via_serve:
+        from .serve_stage import ServeRenderCaller
+
+        echo(f"rendering through Serve app {config.via_serve!r}, batch size {config.batch_size}; output {storage.url()}")
+        dataset = dataset.map_batches(
+            ServeRenderCaller, fn_constructor_kwargs={"app_name": config.via_serve}, batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=max(1, min(config.via_serve_concurrency, len(batches)))),
+            num_cpus=0.1,
+        )
+    else:
+        dataset = _replica_stage(config, dataset, len(batches), storage, echo)
     dataset = dataset.map_batches(
         AudioWriter, fn_constructor_kwargs={"options": output_options}, batch_size=None,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=0.25,
     )
+    return _collect(config, dataset, storage, pending, skipped, total, started, echo)
+
+
+def _replica_stage(config: JobConfig, dataset: Any, batch_count: int, storage: Storage, echo: Callable[[str], None]) -> Any:
+    import ray
+
+    replicas, gpus = _replica_layout(config)
+    replicas = min(replicas, batch_count)
+    engine = EngineConfig(checkpoint=config.checkpoint, revision=config.revision, dtype=config.dtype,
+                          lyric_vocab=config.lyric_vocab)
+    replica_config = ReplicaConfig(engine=engine, sample_rate=config.sample_rate)
+    echo(f"rendering on {replicas} replica(s) x {gpus:g} GPU, batch size {config.batch_size}; output {storage.url()}")
+    return dataset.map_batches(
+        AceStepReplica, fn_constructor_kwargs={"config": replica_config}, batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=replicas), num_gpus=gpus, num_cpus=config.cpus_per_replica,
+    )
+
+
+def _collect(config, dataset, storage, pending, skipped, total, started, echo) -> JobSummary:
+    from .progress import JobProgress
+
     generated = failed = 0
     audio_seconds = 0.0
     failures: list[tuple[str, str]] = []
