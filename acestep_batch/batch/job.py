@@ -166,6 +166,9 @@ def run_job(config: JobConfig, echo: Callable[[str], None] = print) -> JobSummar
     }
     storage.write_text(RUN_FILE, json.dumps(run_record, indent=2))
 
+    if config.address and storage.is_local:
+        echo(f"warning: output {storage.url()} is a local path but the job runs on a Ray cluster: each node "
+             "writes to its own disk; use shared storage or an object-store URL for multi-node runs")
     started_ray = _start_ray(config, config.replicas or 1)
     try:
         if config.via_serve:
