@@ -251,13 +251,10 @@ class AceStepPipeline:
                 torch.cuda.empty_cache()
 
     def _lyric_batch(self, requests: Sequence[GenerationRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+        from .text_encoder import right_pad
+
         encoded = [self.lyric_tokenizer.encode(request.lyrics or "") for request in requests]
-        length = max(len(ids) for ids, _ in encoded)
-        ids = torch.zeros((len(encoded), length), dtype=torch.long)
-        mask = torch.zeros((len(encoded), length), dtype=torch.long)
-        for row, (row_ids, row_mask) in enumerate(encoded):
-            ids[row, : len(row_ids)] = torch.tensor(row_ids, dtype=torch.long)
-            mask[row, : len(row_mask)] = torch.tensor(row_mask, dtype=torch.long)
+        ids, mask = right_pad([row_ids for row_ids, _ in encoded], 0, [row_mask for _, row_mask in encoded])
         return ids.to(self.device), mask.to(self.device)
 
     def _conditions(self, requests: Sequence[GenerationRequest]) -> tuple[_Conditions, _Conditions | None, _Conditions | None]:

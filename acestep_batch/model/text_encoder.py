@@ -29,6 +29,21 @@ def load_prompt_tokenizer(folder: str | os.PathLike, max_length: int = TEXT_MAX_
     return tokenizer
 
 
+def right_pad(rows: Sequence[Sequence[int]], pad_id: int, masks: Sequence[Sequence[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows of different lengths as (B, L) ids and mask, padded on the right.
+
+    `masks` gives each row's own mask (the lyric front end masks its empty-lyrics token);
+    by default every real token is 1.
+    """
+    length = max(len(row) for row in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for index, row in enumerate(rows):
+        ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[index, : len(row)] = torch.tensor(masks[index], dtype=torch.long) if masks is not None else 1
+    return ids, mask
+
+
 class PromptEncoder(nn.Module):
     def __init__(self, model: UMT5EncoderModel, tokenizer: Tokenizer, pad_id: int = 0) -> None:
         super().__init__()
@@ -38,13 +53,7 @@ class PromptEncoder(nn.Module):
 
     def tokenize(self, prompts: Sequence[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ids and attention mask (B, L); prompts are used verbatim."""
-        encodings = [self.tokenizer.encode(prompt).ids for prompt in prompts]
-        length = max(len(ids) for ids in encodings)
-        ids = torch.full((len(encodings), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(encodings), length), dtype=torch.long)
-        for row, row_ids in enumerate(encodings):
-            ids[row, : len(row_ids)] = torch.tensor(row_ids, dtype=torch.long)
-            mask[row, : len(row_ids)] = 1
+        ids, mask = right_pad([self.tokenizer.encode(prompt).ids for prompt in prompts], self.pad_id)
         return ids.to(device), mask.to(device)
 
     @contextlib.contextmanager
