@@ -18,8 +18,7 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = Path(os.environ.get("ACESTEP_SHARED_DIR", REPO_ROOT.parent / "shared"))
+from shared_paths import REPO_ROOT, SHARED_DIR  # noqa: E402 - after the env defaults above
 
 S3_KEY = "test"
 S3_SECRET = "test"

@@ -6,7 +6,6 @@ import functools
 import hashlib
 import http.server
 import json
-import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,9 +29,8 @@ from acestep_batch.model.lyrics.vocab import (
     cached_vocab_path,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DIR = Path(os.environ.get("ACESTEP_SHARED_DIR", REPO_ROOT.parent / "shared"))
-REAL_VOCAB = SHARED_DIR / "data" / "acestep-v1-lyric-vocab.json"
+from shared_paths import REAL_LYRIC_VOCAB as REAL_VOCAB
+
 CACHE_NAME = f"lyric-vocab-{LYRIC_VOCAB_SHA256[:16]}.json"
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import threading
-from pathlib import Path
 
 import LangSegment
 import pytest
@@ -21,9 +19,8 @@ from acestep_batch.model.lyrics.transliterate import (
 )
 from acestep_batch.model.lyrics.zh_textnorm import TextNorm, read_cardinal
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DIR = Path(os.environ.get("ACESTEP_SHARED_DIR", REPO_ROOT.parent / "shared"))
-REAL_VOCAB = SHARED_DIR / "data" / "acestep-v1-lyric-vocab.json"
+from shared_paths import REAL_LYRIC_VOCAB as REAL_VOCAB
+
 
 START, SPACE, STOP, UNK = 261, 2, 0, 1
 EN, ZH, JA, KO, RU = 259, 5023, 5412, 6152, 267

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-from pathlib import Path
 
 import pytest
+from shared_paths import REAL_LYRIC_VOCAB as VOCAB
+from shared_paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "upstream" / "lyric_ids.json"
-SHARED_DIR = Path(os.environ.get("ACESTEP_SHARED_DIR", REPO_ROOT.parent / "shared"))
-VOCAB = SHARED_DIR / "data" / "acestep-v1-lyric-vocab.json"
 
 HAS_CUTLET = importlib.util.find_spec("cutlet") is not None
 
