@@ -289,6 +289,25 @@ def model_make_tiny(
     typer.echo(f"wrote {profile} checkpoint to {path} ({size / 2**20:.1f} MiB)")
 
 
+@model_app.command("make-tiny-lora")
+def model_make_tiny_lora(
+    directory: Path = typer.Argument(..., help="Folder to write pytorch_lora_weights.safetensors into."),
+    checkpoint: Path = typer.Option(..., help="The checkpoint folder the adapter is for (its transformer config sets the shapes)."),
+    rank: int = typer.Option(4, min=1, help="LoRA rank r."),
+    seed: int = typer.Option(0, help="Weights are a deterministic function of (checkpoint config, rank, seed)."),
+    with_metadata: bool = typer.Option(False, help="Write lora_adapter_metadata (r, alpha, rsLoRA) into the header, as newer diffusers do."),
+    alpha: Optional[float] = typer.Option(None, help="lora_alpha recorded in the metadata (default: r)."),
+    rslora: bool = typer.Option(False, help="Record use_rslora=true in the metadata."),
+) -> None:
+    """A random LoRA adapter in upstream's file layout, for tests and demos."""
+    from .model.lora import make_tiny_lora
+    from .model.pipeline import transformer_skeleton
+
+    path = make_tiny_lora(directory, transformer_skeleton(checkpoint), rank=rank, seed=seed,
+                          with_metadata=with_metadata, alpha=alpha, use_rslora=rslora)
+    typer.echo(f"wrote LoRA adapter {path} ({path.stat().st_size / 2**10:.0f} KiB)")
+
+
 @model_app.command("info")
 def model_info(
     checkpoint: Optional[Path] = typer.Option(None, help="A local checkpoint folder; default: the full-size configuration."),

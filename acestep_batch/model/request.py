@@ -8,6 +8,7 @@ These are the contract between the engine (`acestep_batch.model.pipeline`) and i
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,9 @@ DEFAULT_CHECKPOINT = "ACE-Step/ACE-Step-v1-3.5B"
 
 SCHEDULERS: tuple[str, ...] = ("euler", "heun", "pingpong")
 CFG_TYPES: tuple[str, ...] = ("apg", "cfg", "cfg_star")
-TASKS: tuple[str, ...] = ("text2music",)
+TASKS: tuple[str, ...] = ("text2music", "retake", "repaint", "extend", "edit", "audio2audio")
+SOURCE_TASKS: tuple[str, ...] = ("repaint", "extend", "edit")  # need `src_audio`
+SOLO_TASKS: tuple[str, ...] = ("repaint", "extend", "edit")  # one item per sampler loop (spec 7.2)
 
 MIN_DURATION_S = 1.0
 MAX_DURATION_S = 240.0
@@ -45,14 +48,47 @@ class GenerationRequest:
     use_erg_lyric: bool = True
     use_erg_diffusion: bool = True
     oss_steps: str = ""  # comma-separated step indices, e.g. "16,29,52"; empty = the normal schedule
+    # --- edit tasks (spec 6.6-6.8); ignored by text2music ---------------------------------------
+    retake_seeds: int | None = None  # retake/repaint/extend/edit noise; None = derived from `seed`
+    retake_variance: float = 0.5
+    repaint_start: float = 0.0  # seconds; < 0 extends on the left (task extend)
+    repaint_end: float = 0.0  # seconds; past the source's end extends on the right (task extend)
+    src_audio: str = ""  # URI of the source audio (repaint, extend, edit)
+    ref_audio: str = ""  # URI of the reference audio (audio2audio)
+    ref_audio_strength: float = 0.5
+    edit_target_prompt: str = ""  # empty = the source prompt
+    edit_target_lyrics: str = ""  # empty = the source lyrics
+    edit_n_min: float = 0.0
+    edit_n_max: float = 1.0
+    edit_n_avg: int = 1
+    # --- LoRA adapter (spec 6.9) ------------------------------------------------------------------
+    lora: str = ""  # local path, fsspec URI or Hub repo id; empty = the base model
+    lora_weight: float = 1.0
 
     def loop_key(self) -> tuple[Any, ...]:
         """Requests with equal loop keys can share one sampler loop (one batch).
 
         Everything else (prompt, lyrics, duration, seed, guidance settings, ERG flags) may
-        differ inside a batch: the pipeline masks padding and applies guidance per item.
+        differ inside a batch: the pipeline masks padding and applies guidance per item. The
+        adapter comes first so that sorting keys groups rows by adapter (fewer adapter loads).
+        Audio-to-audio items share a loop only with the same strength (it sets the schedule).
         """
-        return (self.task, self.steps, self.scheduler, self.oss_steps_list())
+        strength = self.ref_audio_strength if self.task == "audio2audio" else None
+        return (self.lora, self.lora_weight if self.lora else None, self.task, self.steps, self.scheduler,
+                self.oss_steps_list(), strength)
+
+    @property
+    def solo(self) -> bool:
+        """repaint/extend/edit carry per-item masks and source latents: one item per loop."""
+        return self.task in SOLO_TASKS
+
+    def effective_retake_seed(self) -> int:
+        """The retake noise seed; when not given, a fixed function of `seed` that differs from it
+        (equal seeds would draw the retake noise identical to the initial noise)."""
+        if self.retake_seeds is not None:
+            return int(self.retake_seeds)
+        digest = hashlib.sha256(f"retake:{int(self.seed)}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") % (MAX_SEED + 1)
 
     def oss_steps_list(self) -> tuple[int, ...]:
         text = self.oss_steps.strip()
@@ -76,3 +112,5 @@ class GenerationResult:
     sample_rate: int
     latent_frames: int
     timings: dict[str, float] = field(default_factory=dict)
+    # what else went into the render: adapter identity/SHA-256, source/reference audio facts
+    info: dict[str, Any] = field(default_factory=dict)

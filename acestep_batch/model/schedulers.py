@@ -56,11 +56,21 @@ def explicit_sigmas(sigmas: np.ndarray) -> torch.Tensor:
 
 
 def make_schedule(
-    scheduler: str, steps: int, oss_steps: tuple[int, ...] = (), model_dtype: torch.dtype = torch.float32
+    scheduler: str, steps: int, oss_steps: tuple[int, ...] = (), model_dtype: torch.dtype = torch.float32,
+    sigma_max: float = 1.0,
 ) -> Schedule:
     """Build the loop schedule; `oss_steps` selects steps of a `max(oss_steps)`-step schedule and
-    re-shifts them (upstream rounds the selected timesteps to the model dtype first)."""
-    if oss_steps:
+    re-shifts them (upstream rounds the selected timesteps to the model dtype first).
+
+    `sigma_max` < 1 is audio-to-audio (spec 6.7): a scheduler built with that sigma_max running
+    `int(sigma_max * steps)` steps; oss_steps are ignored there, as upstream does.
+    """
+    if sigma_max != 1.0:
+        infer_steps = int(sigma_max * steps)
+        if infer_steps < 1:
+            raise ValueError(f"audio2audio with strength {1 - sigma_max:g} and {steps} steps leaves no step to run")
+        sigmas = flow_sigmas(infer_steps, sigma_max)
+    elif oss_steps:
         if scheduler == "heun":
             raise ValueError("oss_steps cannot be used with the heun scheduler (upstream raises)")
         infer_steps = max(oss_steps)

@@ -101,8 +101,8 @@ def test_output_at_48k(render) -> None:
 def test_unsupported_sample_rate_and_task_raise(tiny_pipe) -> None:
     with pytest.raises(ValueError, match="sample_rate"):
         tiny_pipe.generate([base()], sample_rate=22050)
-    with pytest.raises(ValueError, match="retake"):
-        tiny_pipe.generate([base(task="retake")])
+    with pytest.raises(ValueError, match="unknown task"):
+        tiny_pipe.generate([base(task="remix")])
 
 
 def test_seed_determinism(tiny_pipe, render) -> None:
