@@ -70,6 +70,7 @@ def submit(
     num_gpus: Optional[int] = typer.Option(None, help="Embedded Ray only: logical GPUs."),
     dashboard: bool = typer.Option(False, help="Embedded Ray only: start the Ray dashboard on 127.0.0.1:8265."),
     progress: bool = typer.Option(True, help="Show the live progress bar."),
+    lora_cache_size: int = typer.Option(4, min=1, help="LoRA adapters each replica keeps loaded (LRU)."),
     via_serve: Optional[str] = typer.Option(
         None, "--via-serve", metavar="[APP]",
         help="Render on a running `acestep-batch serve` app (default name 'acestep') instead of starting "
@@ -98,7 +99,7 @@ def submit(
         cpus_per_replica=cpus_per_replica, batch_size=batch_size, format=format, sample_rate=sample_rate,
         bit_depth=bit_depth, storage_options=_storage_options(storage_options), overwrite=overwrite,
         dry_run=dry_run, local_num_cpus=num_cpus, local_num_gpus=num_gpus, dashboard=dashboard, show_progress=progress,
-        via_serve=via_serve,
+        via_serve=via_serve, lora_cache_size=lora_cache_size,
     )
     try:
         summary = run_job(config, echo=typer.echo)
@@ -146,6 +147,21 @@ def generate(
     use_erg_lyric: bool = typer.Option(_DEFAULTS.use_erg_lyric),
     use_erg_diffusion: bool = typer.Option(_DEFAULTS.use_erg_diffusion),
     oss_steps: str = typer.Option("", help="Comma-separated step indices (euler/pingpong)."),
+    task: str = typer.Option("text2music", help="text2music, retake, repaint, extend, edit or audio2audio."),
+    src_audio: str = typer.Option("", help="Source audio (repaint, extend, edit): a path or fsspec URL."),
+    ref_audio: str = typer.Option("", help="Reference audio (audio2audio): a path or fsspec URL."),
+    ref_audio_strength: float = typer.Option(_DEFAULTS.ref_audio_strength, min=0.0, max=1.0),
+    retake_seeds: Optional[int] = typer.Option(None, min=0, help="Retake noise seed (default: derived from --seed)."),
+    retake_variance: float = typer.Option(_DEFAULTS.retake_variance, min=0.0, max=1.0),
+    repaint_start: float = typer.Option(_DEFAULTS.repaint_start, help="Seconds; negative extends on the left."),
+    repaint_end: float = typer.Option(_DEFAULTS.repaint_end, help="Seconds; past the source's end extends on the right."),
+    edit_target_prompt: str = typer.Option("", help="edit: the new tags (default: --prompt)."),
+    edit_target_lyrics: str = typer.Option("", help="edit: the new lyrics (default: --lyrics)."),
+    edit_n_min: float = typer.Option(_DEFAULTS.edit_n_min, min=0.0, max=1.0),
+    edit_n_max: float = typer.Option(_DEFAULTS.edit_n_max, min=0.0, max=1.0),
+    edit_n_avg: int = typer.Option(_DEFAULTS.edit_n_avg, min=1),
+    lora: str = typer.Option("", help="LoRA adapter: folder, fsspec URL or Hub repo id."),
+    lora_weight: float = typer.Option(_DEFAULTS.lora_weight),
     checkpoint: str = typer.Option(DEFAULT_CHECKPOINT),
     revision: Optional[str] = typer.Option(None),
     lyric_vocab: Optional[str] = typer.Option(None),
@@ -169,13 +185,20 @@ def generate(
         guidance_interval=guidance_interval, guidance_interval_decay=guidance_interval_decay,
         min_guidance_scale=min_guidance_scale, guidance_scale_text=guidance_scale_text,
         guidance_scale_lyric=guidance_scale_lyric, use_erg_tag=use_erg_tag, use_erg_lyric=use_erg_lyric,
-        use_erg_diffusion=use_erg_diffusion, oss_steps=oss_steps,
+        use_erg_diffusion=use_erg_diffusion, oss_steps=oss_steps, task=task, src_audio=src_audio,
+        ref_audio=ref_audio, ref_audio_strength=ref_audio_strength, retake_seeds=retake_seeds,
+        retake_variance=retake_variance, repaint_start=repaint_start, repaint_end=repaint_end,
+        edit_target_prompt=edit_target_prompt, edit_target_lyrics=edit_target_lyrics.replace("\\n", "\n"),
+        edit_n_min=edit_n_min, edit_n_max=edit_n_max, edit_n_avg=edit_n_avg, lora=lora, lora_weight=lora_weight,
     )
     try:
+        from .audio.inputs import AudioInputError, load_audio_input
+
+        inputs = {uri: load_audio_input(uri) for uri in (src_audio, ref_audio) if uri}
         pipeline = AceStepPipeline.from_checkpoint(EngineConfig(
             checkpoint=checkpoint, revision=revision, lyric_vocab=lyric_vocab, device=device, dtype=dtype))
-        result = pipeline.generate([request], sample_rate=sample_rate)[0]
-    except (CheckpointError, ValueError) as error:
+        result = pipeline.generate([request], sample_rate=sample_rate, inputs=inputs)[0]
+    except (CheckpointError, ValueError, AudioInputError) as error:
         _fail(str(error))
         return
     wave = result.audio.numpy()
@@ -231,6 +254,10 @@ def serve(
     num_cpus: Optional[int] = typer.Option(None, help="Embedded Ray only: logical CPUs."),
     num_gpus: Optional[int] = typer.Option(None, help="Embedded Ray only: logical GPUs."),
     ready_file: Optional[Path] = typer.Option(None, help="Write the base URL to this file once the app answers /v1/health."),
+    allow_input_prefix: list[str] = typer.Option([], help="A folder or URL prefix requests may read src_audio/ref_audio/lora from (repeatable; none by default)."),
+    max_upload_mb: float = typer.Option(32.0, min=0.0, help="Largest inline audio upload (data: URI), MiB."),
+    allow_hub_lora: bool = typer.Option(False, help="Let requests name Hugging Face Hub repo ids as LoRA adapters."),
+    lora_cache_size: int = typer.Option(4, min=1, help="LoRA adapters each replica keeps loaded (LRU)."),
 ) -> None:
     """Serve online generation over HTTP (Ray Serve, FastAPI; OpenAPI at /docs) until Ctrl-C."""
     from .audio.encode import AUDIO_FORMATS, BIT_DEPTHS
@@ -251,6 +278,8 @@ def serve(
         api_key_env=api_key_env, replicas=replicas, autoscale=_parse_autoscale(autoscale), num_cpus=cpus_per_replica,
         num_gpus=gpus_per_replica, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, max_queued=max_queued,
         max_duration=max_duration, max_steps=max_steps, request_timeout_s=request_timeout,
+        allow_input_prefixes=tuple(allow_input_prefix), max_upload_bytes=int(max_upload_mb * 2**20),
+        allow_hub_lora=allow_hub_lora, lora_cache_size=lora_cache_size,
     )
     options = ServeRunOptions(host=host, port=port, address=address, app_name=name, num_cpus=num_cpus,
                               num_gpus=num_gpus, ready_file=str(ready_file) if ready_file else None)

@@ -26,6 +26,8 @@ from .model.request import GenerationRequest, GenerationResult
 class ReplicaConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     sample_rate: int = 44100
+    # fsspec options for reading src_audio/ref_audio URIs (the job passes its --storage-options)
+    input_storage_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,13 +73,18 @@ class ReplicaMetrics:
                 boundaries=[0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600],
             )
             self.realtime_factor = metrics.Gauge("acestep_realtime_factor", "Audio seconds per wall second, last batch")
+            self.lora_loads = metrics.Counter("acestep_lora_loads_total", "LoRA adapters loaded from storage (cache misses)")
+            self._lora_loads_seen = 0
             self.enabled = True
         except Exception:  # metrics must never break generation
             self.enabled = False
 
-    def record(self, outcomes: list[RenderOutcome], seconds: float) -> None:
+    def record(self, outcomes: list[RenderOutcome], seconds: float, lora_loads: int = 0) -> None:
         if not self.enabled:
             return
+        if lora_loads > self._lora_loads_seen:
+            self.lora_loads.inc(lora_loads - self._lora_loads_seen)
+            self._lora_loads_seen = lora_loads
         audio = 0.0
         for outcome in outcomes:
             self.outputs.inc(1, tags={"status": "ok" if outcome.error is None else "failed"})
@@ -105,25 +112,62 @@ class AceStepReplica:
         info["replica"] = self.replica_id
         return info
 
-    def render(self, requests: list[GenerationRequest], sample_rate: int | None = None) -> list[RenderOutcome]:
+    def render(
+        self, requests: list[GenerationRequest], sample_rate: int | None = None, inputs: dict[str, Any] | None = None,
+    ) -> list[RenderOutcome]:
+        """Render `requests`; outcomes come back in order. Source/reference audio not in `inputs`
+        is read here; a row whose audio cannot be read fails alone, with the reason."""
         started = time.perf_counter()
-        outcomes = self._render(list(requests), sample_rate or self.config.sample_rate)
-        self.metrics.record(outcomes, time.perf_counter() - started)
+        inputs = dict(inputs or {})
+        failed = self._load_inputs(requests, inputs)
+        renderable = [r for i, r in enumerate(requests) if i not in failed]
+        rendered = iter(self._render(renderable, sample_rate or self.config.sample_rate, inputs))
+        outcomes = [
+            RenderOutcome(request, None, failed[i], 0, 0.0) if i in failed else next(rendered)
+            for i, request in enumerate(requests)
+        ]
+        for outcome in outcomes:
+            if outcome.result is not None:
+                for column in ("src_audio", "ref_audio"):
+                    clip = inputs.get(getattr(outcome.request, column))
+                    if getattr(clip, "sha256", None):
+                        outcome.result.info[f"{column}_sha256"] = clip.sha256
+                        outcome.result.info[f"{column}_seconds"] = round(float(clip.seconds), 6)
+        self.metrics.record(outcomes, time.perf_counter() - started, self.pipeline.adapters.loads)
         return outcomes
 
-    def _render(self, requests: list[GenerationRequest], sample_rate: int) -> list[RenderOutcome]:
+    def _load_inputs(self, requests: list[GenerationRequest], inputs: dict[str, Any]) -> dict[int, str]:
+        from .audio.inputs import AudioInputError, load_audio_input
+
+        errors: dict[str, str] = {}
+        failed: dict[int, str] = {}
+        for index, request in enumerate(requests):
+            for column, uri in (("src_audio", request.src_audio), ("ref_audio", request.ref_audio)):
+                if not uri or uri in inputs:
+                    continue
+                if uri not in errors:
+                    try:
+                        inputs[uri] = load_audio_input(uri, self.config.input_storage_options)
+                        continue
+                    except AudioInputError as error:
+                        errors[uri] = f"{column}: {error}"
+                failed[index] = errors[uri]
+        return failed
+
+    def _render(self, requests: list[GenerationRequest], sample_rate: int, inputs: dict[str, Any]) -> list[RenderOutcome]:
         if not requests:
             return []
         started = time.perf_counter()
         try:
-            results = self.pipeline.generate(requests, sample_rate=sample_rate)
+            results = self.pipeline.generate(requests, sample_rate=sample_rate, inputs=inputs)
         except Exception as error:
             if is_out_of_memory(error) and len(requests) > 1:
                 self._release_memory()
                 middle = len(requests) // 2
-                return self._render(requests[:middle], sample_rate) + self._render(requests[middle:], sample_rate)
+                return (self._render(requests[:middle], sample_rate, inputs)
+                        + self._render(requests[middle:], sample_rate, inputs))
             if len(requests) > 1:
-                return [outcome for request in requests for outcome in self._render([request], sample_rate)]
+                return [outcome for request in requests for outcome in self._render([request], sample_rate, inputs)]
             return [RenderOutcome(requests[0], None, _short_error(error), 1, time.perf_counter() - started)]
         seconds = time.perf_counter() - started
         return [RenderOutcome(r.request, r, None, len(requests), seconds) for r in results]
@@ -148,7 +192,7 @@ class AceStepReplica:
         info = json.dumps(self.info)
         columns: dict[str, list[Any]] = {
             "spec": [], "status": [], "error": [], "audio": [], "channels": [], "frames": [],
-            "sample_rate": [], "generate_s": [], "batch_size": [], "engine": [],
+            "sample_rate": [], "generate_s": [], "batch_size": [], "engine": [], "info": [],
         }
         for spec, outcome in zip(specs, outcomes):
             result = outcome.result
@@ -163,4 +207,14 @@ class AceStepReplica:
             columns["generate_s"].append(outcome.seconds)
             columns["batch_size"].append(outcome.batch_size)
             columns["engine"].append(info)
+            columns["info"].append(json.dumps(_render_facts(outcome)))
         return columns
+
+
+def _render_facts(outcome: RenderOutcome) -> dict[str, Any]:
+    """Per-output facts for the metadata beyond the request: adapter identity, input audio facts."""
+    if outcome.result is None:
+        return {}
+    facts = dict(outcome.result.info)
+    facts["latent_frames"] = outcome.result.latent_frames
+    return facts

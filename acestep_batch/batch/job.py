@@ -59,6 +59,7 @@ class JobConfig:
     show_progress: bool = True
     via_serve: str | None = None  # name of a running Serve app whose replicas render (see serve_stage)
     via_serve_concurrency: int = 2  # planned batches in flight to the Serve app at once
+    lora_cache_size: int = 4  # LoRA adapters each replica keeps loaded (rows are ordered by adapter)
 
 
 @dataclass
@@ -219,8 +220,9 @@ def _replica_stage(config: JobConfig, dataset: Any, batch_count: int, storage: S
     replicas, gpus = _replica_layout(config)
     replicas = min(replicas, batch_count)
     engine = EngineConfig(checkpoint=config.checkpoint, revision=config.revision, dtype=config.dtype,
-                          lyric_vocab=config.lyric_vocab)
-    replica_config = ReplicaConfig(engine=engine, sample_rate=config.sample_rate)
+                          lyric_vocab=config.lyric_vocab, lora_cache_size=config.lora_cache_size)
+    replica_config = ReplicaConfig(engine=engine, sample_rate=config.sample_rate,
+                                   input_storage_options=config.storage_options)
     echo(f"rendering on {replicas} replica(s) x {gpus:g} GPU, batch size {config.batch_size}; output {storage.url()}")
     return dataset.map_batches(
         AceStepReplica, fn_constructor_kwargs={"config": replica_config}, batch_size=1,

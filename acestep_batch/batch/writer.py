@@ -25,6 +25,13 @@ class OutputOptions:
     bit_depth: str = "24"
 
 
+# Facts the replica reports per output (see replica._render_facts), written as metadata columns.
+RENDER_FACT_COLUMNS: tuple[str, ...] = (
+    "latent_frames", "source_frames", "lora_resolved", "lora_sha256", "lora_scale",
+    "src_audio_sha256", "src_audio_seconds", "ref_audio_sha256", "ref_audio_seconds",
+)
+
+
 def audio_name(output_id: str, fmt: str) -> str:
     return f"{output_id}.{FILE_EXTENSIONS[fmt]}"
 
@@ -66,6 +73,8 @@ class AudioWriter:
             "batch_size": int(batch["batch_size"][index]),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        facts = json.loads(batch["info"][index]) if "info" in batch else {}
+        row.update({column: facts.get(column) for column in RENDER_FACT_COLUMNS})
         if status == "ok":
             self._encode_and_store(row, batch, index, spec, fmt, bit_depth, sample_rate)
         row.update({key: value for key, value in spec["extra"].items() if key not in row})

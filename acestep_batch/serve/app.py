@@ -68,13 +68,21 @@ class ServeConfig:
     max_queued: int = 16  # online requests waiting per replica before 503
     max_duration: float = 240.0
     max_steps: int = 200
-    max_body_bytes: int = 256 * 1024
+    max_body_bytes: int = 256 * 1024  # JSON body without inline audio uploads
+    max_upload_bytes: int = 32 * 2**20  # per inline upload (src_audio/ref_audio as a data: URI), decoded
+    allow_input_prefixes: tuple[str, ...] = ()  # src_audio/ref_audio/lora URIs the server may read; none by default
+    allow_hub_lora: bool = False  # may a request name a Hugging Face Hub repo id as its LoRA?
+    lora_cache_size: int = 4
     request_timeout_s: float = 600.0
     retry_after_s: int = 2
 
     def engine(self) -> EngineConfig:
         return EngineConfig(checkpoint=self.checkpoint, revision=self.revision, dtype=self.dtype,
-                            device=self.device, lyric_vocab=self.lyric_vocab)
+                            device=self.device, lyric_vocab=self.lyric_vocab, lora_cache_size=self.lora_cache_size)
+
+    def body_limit(self) -> int:
+        """Largest accepted body: the JSON plus up to two base64 uploads."""
+        return self.max_body_bytes + 2 * (4 * self.max_upload_bytes // 3 + 64)
 
 
 class QueueFull(Exception):
@@ -94,6 +102,7 @@ class _Online:
     request: GenerationRequest
     future: asyncio.Future
     enqueued: float
+    inputs: dict[str, Any] = field(default_factory=dict)  # uploaded audio, by its "upload:<sha256>" name
 
 
 @dataclass
@@ -175,13 +184,13 @@ class RenderScheduler:
     def _live_online(self) -> int:
         return sum(1 for item in self.online if not item.future.done())
 
-    async def render_online(self, request: GenerationRequest) -> Any:
+    async def render_online(self, request: GenerationRequest, inputs: dict[str, Any] | None = None) -> Any:
         """Returns the `RenderOutcome`; raises QueueFull when the online queue is at its bound."""
         self._ensure_running()
         if self._live_online() >= self.config.max_queued:
             raise QueueFull()
         future = asyncio.get_running_loop().create_future()
-        self.online.append(_Online(request, future, time.perf_counter()))
+        self.online.append(_Online(request, future, time.perf_counter(), dict(inputs or {})))
         self._changed()
         return await future  # cancelled (client gone / timeout): the loop skips it
 
@@ -249,7 +258,8 @@ class RenderScheduler:
     async def _render_online(self, items: list[_Online]) -> None:
         started = time.perf_counter()
         try:
-            outcomes = await asyncio.to_thread(self.replica.render, [item.request for item in items])
+            inputs = {name: clip for item in items for name, clip in item.inputs.items()}
+            outcomes = await asyncio.to_thread(self.replica.render, [item.request for item in items], None, inputs)
         except Exception as error:  # pragma: no cover - render isolates failures itself
             for item in items:
                 if not item.future.done():
@@ -266,21 +276,33 @@ def _now() -> str:
 
 
 # ---------------------------------------------------------------------------------- validation
-def parse_body(raw: bytes, config: ServeConfig, allow_variations: bool = False) -> tuple[Any, str]:
-    """JSON body -> (OutputSpec, format), validated exactly like one manifest row."""
+def parse_body(raw: bytes, config: ServeConfig, allow_variations: bool = False) -> tuple[Any, str, dict[str, Any]]:
+    """JSON body -> (OutputSpec, format, uploaded audio), validated exactly like one manifest row.
+
+    `src_audio`/`ref_audio` are either URIs under the server's allowed input prefixes or inline
+    uploads as `data:<type>;base64,<bytes>` URIs; uploads are decoded here and renamed
+    `upload:<sha256>` so that the request (and its task record) never carries the audio itself.
+    """
     import pyarrow as pa
 
     from ..audio.encode import AUDIO_FORMATS
     from ..manifest import ManifestError, expand_manifest
 
-    if len(raw) > config.max_body_bytes:
-        raise RequestProblem([{"field": "body", "message": f"body is {len(raw)} bytes; the limit is {config.max_body_bytes}"}])
+    if len(raw) > config.body_limit():
+        raise RequestProblem([{"field": "body", "message": f"body is {len(raw)} bytes; the limit is {config.body_limit()} "
+                                                           f"(uploads at most {config.max_upload_bytes} bytes each)"}])
     try:
         body = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError) as error:
         raise RequestProblem([{"field": "body", "message": f"body is not valid JSON: {error}"}]) from None
     if not isinstance(body, dict):
         raise RequestProblem([{"field": "body", "message": "body must be a JSON object with at least a 'prompt' field"}])
+    upload_chars = sum(len(body[name]) for name in ("src_audio", "ref_audio")
+                       if isinstance(body.get(name), str) and body[name].startswith("data:"))
+    if len(raw) - upload_chars > config.max_body_bytes:
+        raise RequestProblem([{"field": "body", "message": f"body is {len(raw)} bytes without uploads; the limit "
+                                                           f"is {config.max_body_bytes}"}])
+    inputs = _take_uploads(body, config)
     try:
         table = pa.Table.from_pylist([body])
     except (pa.ArrowException, TypeError, ValueError) as error:
@@ -297,12 +319,77 @@ def parse_body(raw: bytes, config: ServeConfig, allow_variations: bool = False) 
         problems.append({"field": "duration", "message": f"duration {spec.request.duration:g} s is over this server's limit of {config.max_duration:g} s"})
     if spec.request.steps > config.max_steps:
         problems.append({"field": "steps", "message": f"steps {spec.request.steps} is over this server's limit of {config.max_steps}"})
+    problems.extend(_input_problems(spec.request, config, inputs))
     fmt = spec.format or config.format
     if fmt not in AUDIO_FORMATS:  # pragma: no cover - the manifest validates 'format'
         problems.append({"field": "format", "message": f"format must be one of {AUDIO_FORMATS}"})
     if problems:
         raise RequestProblem(problems)
-    return spec, fmt
+    return spec, fmt, inputs
+
+
+def _take_uploads(body: dict[str, Any], config: ServeConfig) -> dict[str, Any]:
+    """Decode `data:` URIs in src_audio/ref_audio in place; returns {"upload:<sha256>": AudioClip}."""
+    import base64
+    import binascii
+
+    from ..audio.inputs import AudioInputError, decode_audio_bytes
+
+    inputs: dict[str, Any] = {}
+    for name in ("src_audio", "ref_audio"):
+        value = body.get(name)
+        if not isinstance(value, str) or not value.startswith("data:"):
+            continue
+        header, comma, payload = value.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise RequestProblem([{"field": name, "message": f"{name} upload must be a base64 data URI: "
+                                                             "'data:audio/wav;base64,<bytes>'"}])
+        if len(payload) > 4 * config.max_upload_bytes // 3 + 4:
+            raise RequestProblem([{"field": name, "message": f"{name} upload is over this server's limit of "
+                                                             f"{config.max_upload_bytes} bytes"}])
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise RequestProblem([{"field": name, "message": f"{name} upload is not valid base64: {error}"}]) from None
+        if len(data) > config.max_upload_bytes:
+            raise RequestProblem([{"field": name, "message": f"{name} upload is {len(data)} bytes; this server's limit "
+                                                             f"is {config.max_upload_bytes}"}])
+        try:
+            clip = decode_audio_bytes(data, f"{name} upload", max_seconds=config.max_duration)
+        except AudioInputError as error:
+            raise RequestProblem([{"field": name, "message": str(error)}]) from None
+        key = f"upload:{clip.sha256}"
+        inputs[key] = clip
+        body[name] = key
+    return inputs
+
+
+def _input_problems(request: GenerationRequest, config: ServeConfig, inputs: dict[str, Any]) -> list[dict[str, Any]]:
+    """URIs a request asks the server to read must lie under the operator's allowed prefixes."""
+    from ..audio.inputs import input_uri_allowed
+
+    problems = []
+    allowed = ", ".join(config.allow_input_prefixes) or "none configured"
+    for name in ("src_audio", "ref_audio"):
+        uri = getattr(request, name)
+        if uri and uri not in inputs and not input_uri_allowed(uri, config.allow_input_prefixes):
+            problems.append({"field": name, "message": (
+                f"this server does not read {name} from {uri!r} (allowed prefixes: {allowed}; the operator sets them "
+                "with --allow-input-prefix); upload the audio instead as 'data:audio/wav;base64,...'")})
+    lora = request.lora
+    if lora:
+        from pathlib import Path
+
+        is_local_or_uri = "://" in lora or Path(lora).expanduser().exists() or lora.startswith((".", "/", "~"))
+        if is_local_or_uri and not input_uri_allowed(lora, config.allow_input_prefixes):
+            problems.append({"field": "lora", "message": (
+                f"this server does not read LoRA adapters from {lora!r} (allowed prefixes: {allowed}; "
+                "--allow-input-prefix)")})
+        elif not is_local_or_uri and not config.allow_hub_lora:
+            problems.append({"field": "lora", "message": (
+                f"this server does not download Hub adapters such as {lora!r}; the operator enables that with "
+                "--allow-hub-lora, or lists a folder of adapters with --allow-input-prefix")})
+    return problems
 
 
 def _field_message(text: str) -> str:
@@ -327,7 +414,8 @@ class AceStepServe:
         from ..storage import Storage
 
         self.config = config
-        self.replica = AceStepReplica(ReplicaConfig(engine=config.engine(), sample_rate=config.sample_rate))
+        self.replica = AceStepReplica(ReplicaConfig(engine=config.engine(), sample_rate=config.sample_rate,
+                                                    input_storage_options=config.storage_options))
         self.metrics = ServeMetrics(DEPLOYMENT_NAME)
         self.scheduler = RenderScheduler(self.replica, config, self.metrics)
         self.storage = Storage(config.output, config.storage_options) if config.output else None
@@ -353,12 +441,12 @@ class AceStepServe:
         return JSONResponse({"error": "server busy: the request queue is full; retry later"}, status_code=503,
                             headers={"Retry-After": str(self.config.retry_after_s)})
 
-    async def _render(self, spec: Any, fmt: str) -> tuple[bytes, dict[str, str]]:
+    async def _render(self, spec: Any, fmt: str, inputs: dict[str, Any] | None = None) -> tuple[bytes, dict[str, str]]:
         """Render and encode one request; raises QueueFull, asyncio.TimeoutError, RuntimeError."""
         from ..audio.encode import encode_audio
         from ..audio.qc import check_audio
 
-        outcome, queued_s = await asyncio.wait_for(self.scheduler.render_online(spec.request),
+        outcome, queued_s = await asyncio.wait_for(self.scheduler.render_online(spec.request, inputs),
                                                    timeout=self.config.request_timeout_s)
         if outcome.error is not None:
             raise RuntimeError(outcome.error)
@@ -400,14 +488,14 @@ class AceStepServe:
         if denied is not None:
             return self._finish("generate", started, denied)
         try:
-            spec, fmt = parse_body(await request.body(), self.config)
+            spec, fmt, inputs = parse_body(await request.body(), self.config)
         except RequestProblem as problem:
             return self._finish("generate", started, JSONResponse({"detail": problem.problems}, status_code=422))
         if store and self.storage is None:
             return self._finish("generate", started, JSONResponse(
                 {"detail": [{"field": "store", "message": "this server was started without --output"}]}, status_code=400))
         try:
-            data, headers = await self._render(spec, fmt)
+            data, headers = await self._render(spec, fmt, inputs)
         except QueueFull:
             return self._finish("generate", started, self._busy())
         except asyncio.TimeoutError:
@@ -430,7 +518,7 @@ class AceStepServe:
         if denied is not None:
             return self._finish("tasks", started, denied)
         try:
-            spec, fmt = parse_body(await request.body(), self.config)
+            spec, fmt, inputs = parse_body(await request.body(), self.config)
         except RequestProblem as problem:
             return self._finish("tasks", started, JSONResponse({"detail": problem.problems}, status_code=422))
         if self.storage is None:
@@ -442,14 +530,14 @@ class AceStepServe:
         record = {"id": task_id, "status": "queued", "created_at": _now(), "request": spec.request.to_dict(),
                   "format": fmt, "uri": None, "error": None}
         await asyncio.to_thread(self._write_task, task_id, record)
-        task = asyncio.get_running_loop().create_task(self._run_task(task_id, record, spec, fmt))
+        task = asyncio.get_running_loop().create_task(self._run_task(task_id, record, spec, fmt, inputs))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return self._finish("tasks", started, JSONResponse({"id": task_id, "status": "queued"}, status_code=202))
 
-    async def _run_task(self, task_id: str, record: dict[str, Any], spec: Any, fmt: str) -> None:
+    async def _run_task(self, task_id: str, record: dict[str, Any], spec: Any, fmt: str, inputs: dict[str, Any]) -> None:
         try:
-            data, headers = await self._render(spec, fmt)
+            data, headers = await self._render(spec, fmt, inputs)
             uri = await asyncio.to_thread(self._store, f"{task_id}.{fmt}", data)
             record.update(status="done", uri=uri, seed=spec.request.seed, timings=headers)
         except QueueFull:
@@ -501,7 +589,8 @@ class AceStepServe:
             "replicas": {"autoscale": list(self.config.autoscale) if self.config.autoscale else None,
                          "num_replicas": None if self.config.autoscale else self.config.replicas},
             "limits": {"max_duration": self.config.max_duration, "max_steps": self.config.max_steps,
-                       "max_body_bytes": self.config.max_body_bytes, "max_queued": self.config.max_queued,
+                       "max_body_bytes": self.config.max_body_bytes, "max_upload_bytes": self.config.max_upload_bytes,
+                       "max_queued": self.config.max_queued,
                        "max_batch_size": self.config.max_batch_size, "batch_wait_ms": self.config.batch_wait_ms},
             "stats": self.metrics.stats(),
         }
