@@ -128,6 +128,7 @@ class AceStepReplica:
         ]
         for outcome in outcomes:
             if outcome.result is not None:
+                outcome.result.info["replica_lora_loads"] = self.pipeline.adapters.loads
                 for column in ("src_audio", "ref_audio"):
                     clip = inputs.get(getattr(outcome.request, column))
                     if getattr(clip, "sha256", None):

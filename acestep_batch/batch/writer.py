@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import pyarrow as pa
 from .. import __version__
 from ..audio.encode import FILE_EXTENSIONS, encode_audio
 from ..audio.qc import check_audio, sanitize
+from ..model.request import GenerationRequest
 from ..storage import Storage
 from .plan import AUDIO_DIR, METADATA_DIR
 
@@ -29,7 +31,39 @@ class OutputOptions:
 RENDER_FACT_COLUMNS: tuple[str, ...] = (
     "latent_frames", "source_frames", "lora_resolved", "lora_sha256", "lora_scale",
     "src_audio_sha256", "src_audio_seconds", "ref_audio_sha256", "ref_audio_seconds",
+    "replica_lora_loads",  # adapters this replica had loaded from storage so far (cache misses)
 )
+
+
+_ARROW_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
+                "int | None": pa.int64()}
+# One Arrow type per known metadata column, so that every part file of a run has the same schema
+# (a batch whose outputs all failed would otherwise write null-typed columns, and readers such as
+# pyarrow.parquet.read_table(folder) refuse to merge null with double).
+METADATA_TYPES: dict[str, pa.DataType] = {
+    **{f.name: _ARROW_TYPES[str(f.type)] for f in dataclasses.fields(GenerationRequest)},
+    "output_id": pa.string(), "id": pa.string(), "row": pa.int64(), "variation": pa.int64(),
+    "audio_uri": pa.string(), "status": pa.string(), "error": pa.string(), "format": pa.string(),
+    "sample_rate": pa.int64(), "channels": pa.int64(), "bit_depth": pa.string(), "num_samples": pa.int64(),
+    "audio_seconds": pa.float64(), "peak_dbfs": pa.float64(), "rms_dbfs": pa.float64(),
+    "clipped_samples": pa.int64(), "checkpoint": pa.string(), "checkpoint_revision": pa.string(),
+    "checkpoint_fingerprint": pa.string(), "device": pa.string(), "dtype": pa.string(), "replica": pa.string(),
+    "package_version": pa.string(), "generate_s": pa.float64(), "encode_s": pa.float64(), "batch_size": pa.int64(),
+    "created_at": pa.string(), "latent_frames": pa.int64(), "source_frames": pa.int64(),
+    "lora_resolved": pa.string(), "lora_sha256": pa.string(), "lora_scale": pa.float64(),
+    "src_audio_sha256": pa.string(), "src_audio_seconds": pa.float64(), "ref_audio_sha256": pa.string(),
+    "ref_audio_seconds": pa.float64(), "replica_lora_loads": pa.int64(),
+}
+
+
+def metadata_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows -> Arrow table with the fixed types of known columns (user columns are inferred)."""
+    table = pa.Table.from_pylist(rows)
+    for index, name in enumerate(table.column_names):
+        wanted = METADATA_TYPES.get(name)
+        if wanted is not None and table.schema.field(index).type != wanted:
+            table = table.set_column(index, name, table.column(index).cast(wanted))
+    return table
 
 
 def audio_name(output_id: str, fmt: str) -> str:
@@ -48,7 +82,7 @@ class AudioWriter:
         rows = [row for row in rows if row is not None]
         if rows:
             # Audio files are committed first; this metadata file then commits the batch.
-            self.storage.write_parquet(f"{METADATA_DIR}/part-{uuid.uuid4().hex}.parquet", pa.Table.from_pylist(rows))
+            self.storage.write_parquet(f"{METADATA_DIR}/part-{uuid.uuid4().hex}.parquet", metadata_table(rows))
         summary_keys = ("output_id", "status", "error", "audio_seconds", "generate_s")
         return {key: [row[key] for row in rows] for key in summary_keys}
 

@@ -25,7 +25,7 @@ class OutputSpec:
     output_id: str  # `<id>`, or `<id>-<variation>` when the row asks for several variations
     id: str  # the manifest row's id (given or derived)
     row: int  # 1-based manifest row
-    request: GenerationRequest  # fully defaulted; seed = row seed + variation
+    request: GenerationRequest  # fully defaulted; seed (and retake_seeds) = row's + variation
     variation: int
     format: str | None  # per-row format override; None = the job's --format
     extra: dict[str, Any]  # the user's own columns, as JSON-serialisable values
@@ -51,15 +51,22 @@ def expand_manifest(table: pa.Table) -> list[OutputSpec]:
                     output_id=output_id(checked.id, variation, checked.variations),
                     id=checked.id,
                     row=checked.row,
-                    request=GenerationRequest(
-                        **checked.request_fields, seed=checked.seed + variation
-                    ),
+                    request=_variation_request(checked.request_fields, checked.seed, variation),
                     variation=variation,
                     format=checked.format,
                     extra=dict(extra),
                 )
             )
     return specs
+
+
+def _variation_request(fields: dict[str, Any], seed: int, variation: int) -> GenerationRequest:
+    """Variation k renders with seed + k, and with retake_seeds + k when the row gives those
+    (otherwise the engine derives the retake seed from the variation's own seed)."""
+    retake_seeds = fields["retake_seeds"]
+    if retake_seeds is not None:
+        fields = {**fields, "retake_seeds": retake_seeds + variation}
+    return GenerationRequest(**fields, seed=seed + variation)
 
 
 def load_manifest(

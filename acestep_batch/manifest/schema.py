@@ -31,6 +31,42 @@ from acestep_batch.model.request import (
     GenerationRequest,
 )
 
+# --- edit tasks and LoRA (spec 6.6-6.9) -------------------------------------------------------
+# Seconds: a negative repaint_start extends on the left by up to MAX_DURATION_S; repaint_end may
+# lie up to MAX_DURATION_S past the end of a source of up to MAX_DURATION_S.
+MIN_REPAINT_START_S = -MAX_DURATION_S
+MAX_REPAINT_START_S = MAX_DURATION_S
+MAX_REPAINT_END_S = 2 * MAX_DURATION_S
+MAX_EDIT_N_AVG = 16
+MAX_LORA_WEIGHT = 4.0
+REFERENCE_TASKS: tuple[str, ...] = ("audio2audio",)  # need `ref_audio` (SOURCE_TASKS: `src_audio`)
+
+# The generation fields that existed when derived ids were introduced. They always take part in
+# a derived id; fields added later take part only when they differ from the engine's default,
+# so adding a field never changes the derived ids (and so the resume state) of existing
+# manifests. Never add to this tuple.
+ID_FIELDS_ALWAYS_HASHED: tuple[str, ...] = (
+    "prompt",
+    "lyrics",
+    "duration",
+    "seed",
+    "task",
+    "steps",
+    "scheduler",
+    "cfg_type",
+    "guidance_scale",
+    "omega_scale",
+    "guidance_interval",
+    "guidance_interval_decay",
+    "min_guidance_scale",
+    "guidance_scale_text",
+    "guidance_scale_lyric",
+    "use_erg_tag",
+    "use_erg_lyric",
+    "use_erg_diffusion",
+    "oss_steps",
+)
+
 AUDIO_FORMATS: tuple[str, ...] = ("wav", "flac", "ogg", "mp3")
 MAX_STEPS = 1000
 MAX_VARIATIONS = 1000
@@ -69,6 +105,17 @@ RESERVED_COLUMNS: frozenset[str] = frozenset(
         "encode_s",
         "batch_size",
         "created_at",
+        # Render facts (adapter identity, input audio, latent geometry):
+        "latent_frames",
+        "source_frames",
+        "lora_resolved",
+        "lora_sha256",
+        "lora_scale",
+        "src_audio_sha256",
+        "src_audio_seconds",
+        "ref_audio_sha256",
+        "ref_audio_seconds",
+        "replica_lora_loads",
     }
 )
 RESERVED_PREFIX = "_"
@@ -280,12 +327,18 @@ def parse_oss_steps(value: Any) -> str:
     return ",".join(str(step) for step in steps)
 
 
-def parse_task(value: Any) -> str:
-    if isinstance(value, str) and value in TASKS:
-        return value
-    if isinstance(value, str) and value.strip():
-        raise InvalidValue(f"{TASK_EXPECTED}; task {value!r} is not supported yet")
-    raise InvalidValue(TASK_EXPECTED)
+parse_task = choice_parser(TASKS, TASK_EXPECTED)
+
+
+def uri_parser(expected: str) -> Callable[[Any], str]:
+    """A URI / path / repo id: text on one line; surrounding blanks are dropped."""
+
+    def parse(value: Any) -> str:
+        if not isinstance(value, str) or any(char in value for char in "\r\n\0"):
+            raise InvalidValue(expected)
+        return value.strip()
+
+    return parse
 
 
 def _between(low: float, high: float) -> str:
@@ -312,6 +365,52 @@ def _bool_column(name: str) -> ColumnSpec:
         parse_bool,
         REQUEST_DEFAULTS[name],
     )
+
+
+_RETAKE_SEEDS_EXPECTED = (
+    f"a whole number from 0 to {MAX_SEED} (leave it empty to derive one from the seed)"
+)
+_RETAKE_VARIANCE_EXPECTED = (
+    "a number from 0 to 1 (how much of the initial noise is replaced by the retake noise)"
+)
+_REPAINT_START_EXPECTED = (
+    f"seconds from {_fmt(MIN_REPAINT_START_S)} to {_fmt(MAX_REPAINT_START_S)} (where the "
+    "repainted window starts in the source; negative = seconds added before it, task extend)"
+)
+_REPAINT_END_EXPECTED = (
+    f"seconds from 0 to {_fmt(MAX_REPAINT_END_S)} (where the repainted window ends in the "
+    "source; past the source's end = seconds added after it, task extend)"
+)
+_SRC_AUDIO_EXPECTED = (
+    "the source audio as one line of text: a local path or an fsspec URL such as "
+    "s3://bucket/song.wav (used by tasks repaint, extend and edit)"
+)
+_REF_AUDIO_EXPECTED = (
+    "the reference audio as one line of text: a local path or an fsspec URL such as "
+    "s3://bucket/ref.flac (used by task audio2audio)"
+)
+_REF_AUDIO_STRENGTH_EXPECTED = (
+    "a number from 0 to 1 (how closely the output follows the reference audio)"
+)
+_EDIT_TARGET_PROMPT_EXPECTED = "text: the prompt to edit towards (leave it empty to keep `prompt`)"
+_EDIT_TARGET_LYRICS_EXPECTED = "text: the lyrics to edit towards (leave it empty to keep `lyrics`)"
+_EDIT_N_MIN_EXPECTED = "a fraction of the steps from 0 to 1 (where editing starts)"
+_EDIT_N_MAX_EXPECTED = "a fraction of the steps from 0 to 1 (where editing hands over to sampling)"
+_EDIT_N_AVG_EXPECTED = (
+    f"a whole number from 1 to {MAX_EDIT_N_AVG} (noise draws averaged per edit step)"
+)
+_LORA_EXPECTED = (
+    "the LoRA adapter as one line of text: a local path, an fsspec URL or a Hugging Face repo "
+    "id such as ACE-Step/ACE-Step-v1-chinese-rap-LoRA (leave it empty for the base model)"
+)
+_LORA_WEIGHT_EXPECTED = (
+    f"a number from {_fmt(-MAX_LORA_WEIGHT)} to {_fmt(MAX_LORA_WEIGHT)} (the adapter's scale; "
+    "1 = as trained)"
+)
+
+
+def _column(name: str, type_name: str, expected: str, parse: Callable[[Any], Any]) -> ColumnSpec:
+    return ColumnSpec(name, type_name, expected, parse, REQUEST_DEFAULTS[name])
 
 
 _DURATION_EXPECTED = f"seconds from {_fmt(MIN_DURATION_S)} to {_fmt(MAX_DURATION_S)}"
@@ -380,6 +479,71 @@ COLUMNS: tuple[ColumnSpec, ...] = (
         "oss_steps", "text", OSS_STEPS_EXPECTED, parse_oss_steps, REQUEST_DEFAULTS["oss_steps"]
     ),
     ColumnSpec("task", "text", TASK_EXPECTED, parse_task, REQUEST_DEFAULTS["task"]),
+    # --- edit tasks (spec 6.6-6.8) ---
+    _column(
+        "retake_seeds",
+        "integer",
+        _RETAKE_SEEDS_EXPECTED,
+        integer_parser(0, MAX_SEED, _RETAKE_SEEDS_EXPECTED),
+    ),
+    _column(
+        "retake_variance",
+        "number",
+        _RETAKE_VARIANCE_EXPECTED,
+        number_parser(0.0, 1.0, _RETAKE_VARIANCE_EXPECTED),
+    ),
+    _column(
+        "repaint_start",
+        "number",
+        _REPAINT_START_EXPECTED,
+        number_parser(MIN_REPAINT_START_S, MAX_REPAINT_START_S, _REPAINT_START_EXPECTED),
+    ),
+    _column(
+        "repaint_end",
+        "number",
+        _REPAINT_END_EXPECTED,
+        number_parser(0.0, MAX_REPAINT_END_S, _REPAINT_END_EXPECTED),
+    ),
+    _column("src_audio", "text", _SRC_AUDIO_EXPECTED, uri_parser(_SRC_AUDIO_EXPECTED)),
+    _column("ref_audio", "text", _REF_AUDIO_EXPECTED, uri_parser(_REF_AUDIO_EXPECTED)),
+    _column(
+        "ref_audio_strength",
+        "number",
+        _REF_AUDIO_STRENGTH_EXPECTED,
+        number_parser(0.0, 1.0, _REF_AUDIO_STRENGTH_EXPECTED),
+    ),
+    _column(
+        "edit_target_prompt",
+        "text",
+        _EDIT_TARGET_PROMPT_EXPECTED,
+        text_parser(_EDIT_TARGET_PROMPT_EXPECTED),
+    ),
+    _column(
+        "edit_target_lyrics",
+        "text",
+        _EDIT_TARGET_LYRICS_EXPECTED,
+        text_parser(_EDIT_TARGET_LYRICS_EXPECTED),
+    ),
+    _column(
+        "edit_n_min", "number", _EDIT_N_MIN_EXPECTED, number_parser(0.0, 1.0, _EDIT_N_MIN_EXPECTED)
+    ),
+    _column(
+        "edit_n_max", "number", _EDIT_N_MAX_EXPECTED, number_parser(0.0, 1.0, _EDIT_N_MAX_EXPECTED)
+    ),
+    _column(
+        "edit_n_avg",
+        "integer",
+        _EDIT_N_AVG_EXPECTED,
+        integer_parser(1, MAX_EDIT_N_AVG, _EDIT_N_AVG_EXPECTED),
+    ),
+    # --- LoRA (spec 6.9) ---
+    _column("lora", "text", _LORA_EXPECTED, uri_parser(_LORA_EXPECTED)),
+    _column(
+        "lora_weight",
+        "number",
+        _LORA_WEIGHT_EXPECTED,
+        number_parser(-MAX_LORA_WEIGHT, MAX_LORA_WEIGHT, _LORA_WEIGHT_EXPECTED),
+    ),
     ColumnSpec(
         "format", "text", FORMAT_EXPECTED, choice_parser(AUDIO_FORMATS, FORMAT_EXPECTED), None
     ),
@@ -423,11 +587,20 @@ def derive_id(request_fields: Mapping[str, Any], seed_given: bool) -> str:
     """A stable id from what is rendered: the same settings give the same id on any machine.
 
     `request_fields` holds every generation field after defaults. The seed takes part only when
-    the row gave one, because a defaulted seed is itself derived from this id.
+    the row gave one, because a defaulted seed is itself derived from this id. Fields added
+    after ids were introduced (edit tasks, LoRA) take part only when they differ from the
+    engine's default, so a manifest that does not use them keeps the ids it always had.
     """
-    canonical = {
-        name: request_fields[name] for name in GENERATION_FIELDS if name != "seed" or seed_given
-    }
+    canonical = {}
+    for name in GENERATION_FIELDS:
+        if name == "seed" and not seed_given:
+            continue
+        if name in ID_FIELDS_ALWAYS_HASHED:
+            canonical[name] = request_fields[name]
+            continue
+        value = request_fields.get(name, REQUEST_DEFAULTS.get(name))
+        if value != REQUEST_DEFAULTS.get(name):
+            canonical[name] = value
     text = json.dumps(
         canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
@@ -452,6 +625,44 @@ def guidance_interval_step_count(steps: int, oss_steps: str, guidance_interval: 
     start = int(n * ((1 - guidance_interval) / 2))
     end = int(n * (guidance_interval / 2 + 0.5))
     return end - start
+
+
+def seconds_to_latent_frames(seconds: float) -> int:
+    """ACE-Step's conversion of repaint_start/repaint_end to latent frames (truncates to 0)."""
+    return int(seconds * 44100 / 512 / 8)
+
+
+def _oss_list(oss_steps: str) -> list[int]:
+    return [int(part) for part in oss_steps.split(",") if part.strip()]
+
+
+def schedule_steps(steps: int, oss_steps: str) -> int:
+    """ACE-Step's `infer_steps`: `steps`, or max(oss_steps) when a custom step list is given.
+
+    It is what the repaint/extend skip count and the audio-to-audio step count are computed
+    from (spec 6.4: infer_steps stays max(oss_steps) for both)."""
+    oss = _oss_list(oss_steps)
+    return max(oss) if oss else steps
+
+
+def sampler_loop_length(steps: int, scheduler: str, oss_steps: str) -> int:
+    """How many iterations the sampler loop runs: len(oss_steps), else 2*steps - 1 for heun
+    (which evaluates every timestep but the first twice), else steps."""
+    oss = _oss_list(oss_steps)
+    if oss:
+        return len(oss)
+    return 2 * steps - 1 if scheduler == "heun" else steps
+
+
+def repaint_skipped_steps(steps: int, oss_steps: str, retake_variance: float) -> int:
+    """Loop iterations repaint/extend skip before regenerating: int(infer_steps * (1 - v))."""
+    return int(schedule_steps(steps, oss_steps) * (1 - retake_variance))
+
+
+def audio2audio_step_count(steps: int, oss_steps: str, ref_audio_strength: float) -> int:
+    """Steps audio-to-audio runs: int((1 - ref_audio_strength) * infer_steps) (its own
+    schedule; a custom step list is otherwise ignored)."""
+    return int((1 - ref_audio_strength) * schedule_steps(steps, oss_steps))
 
 
 # --- extra column values ---------------------------------------------------------------------

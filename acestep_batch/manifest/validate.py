@@ -11,7 +11,7 @@ import bisect
 import difflib
 import enum
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,18 +22,25 @@ from acestep_batch.manifest.schema import (
     COLUMNS_BY_NAME,
     KNOWN_COLUMNS,
     MAX_SEED,
+    MAX_STEPS,
     METADATA_FILES,
     METADATA_URI,
+    REFERENCE_TASKS,
     InvalidValue,
+    audio2audio_step_count,
     derive_id,
     derive_seed,
     guidance_interval_step_count,
     is_null,
     output_id,
+    repaint_skipped_steps,
+    schedule_steps,
     reserved_column_reason,
+    sampler_loop_length,
+    seconds_to_latent_frames,
     to_json_value,
 )
-from acestep_batch.model.request import GENERATION_FIELDS
+from acestep_batch.model.request import GENERATION_FIELDS, SOURCE_TASKS
 
 
 class _NoValue(enum.Enum):
@@ -386,20 +393,32 @@ def _check_row_rules(
         )
         failed.add("oss_steps")
 
-    if values["guidance_interval_decay"] > 0 and not failed & _INTERVAL_INPUTS:
+    task = None if "task" in failed else values["task"]
+    if (
+        values["guidance_interval_decay"] > 0
+        and not failed & _INTERVAL_INPUTS
+        and task not in (None, "edit")  # edit (FlowEdit) has no guidance interval
+    ):
         steps, oss_steps, interval = (
             values["steps"],
             values["oss_steps"],
             values["guidance_interval"],
         )
+        where = f"steps={steps}, oss_steps={oss_steps!r}"
+        if task == "audio2audio" and "ref_audio_strength" not in failed:
+            # audio-to-audio samples its own shorter schedule (spec 6.7); oss_steps is not used
+            strength = values["ref_audio_strength"]
+            steps = audio2audio_step_count(steps, oss_steps, strength)
+            oss_steps = ""
+            where = f"audio2audio runs {steps} steps at ref_audio_strength={strength:g}"
         if guidance_interval_step_count(steps, oss_steps, interval) == 1:
             problems.add(
                 row,
                 shown_id,
                 "guidance_interval_decay",
                 values["guidance_interval_decay"],
-                f"0 when the guidance interval covers a single step (here steps={steps}, "
-                f"oss_steps={oss_steps!r}, guidance_interval={interval:g}; ACE-Step divides by "
+                f"0 when the guidance interval covers a single step (here {where}, "
+                f"guidance_interval={interval:g}; ACE-Step divides by "
                 "zero); set guidance_interval_decay to 0, or widen guidance_interval or add steps",
             )
             failed.add("guidance_interval_decay")
@@ -417,6 +436,268 @@ def _check_row_rules(
                 f"{MAX_SEED - values['variations'] + 1}",
             )
             failed.add("seed")
+
+    retake_seeds = values["retake_seeds"]
+    if retake_seeds is not None and not failed & {"retake_seeds", "variations"}:
+        last_seed = retake_seeds + values["variations"] - 1
+        if last_seed > MAX_SEED:
+            problems.add(
+                row,
+                shown_id,
+                "retake_seeds",
+                retake_seeds,
+                f"retake_seeds + variations - 1 <= {MAX_SEED} (variation k renders with "
+                f"retake_seeds + k; here the last would be {last_seed}); use retake_seeds of at "
+                f"most {MAX_SEED - values['variations'] + 1}",
+            )
+            failed.add("retake_seeds")
+
+    if task is not None:
+        _check_task_rules(row, shown_id, raw, values, task, failed, problems)
+    _check_lora_rules(row, shown_id, raw, values, failed, problems)
+
+
+def _cell(raw: dict[str, Any], name: str) -> Any:
+    """The cell as given, for a problem's "got ..."; NO_VALUE when the column is absent."""
+    return raw[name] if name in raw else NO_VALUE
+
+
+def _task_list(tasks: Sequence[str]) -> str:
+    quoted = [repr(task) for task in tasks]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+_FRAME_SECONDS = 512 * 8 / 44100
+_EXTEND_MEANING = (
+    "a negative repaint_start is the seconds added on the left, a repaint_end past the source's "
+    "end adds audio on the right"
+)
+
+
+def _check_task_rules(
+    row: int,
+    shown_id: str | None,
+    raw: dict[str, Any],
+    values: dict[str, Any],
+    task: str,
+    failed: set[str],
+    problems: _ProblemList,
+) -> None:
+    """Rules of the edit tasks (spec 6.6-6.8). Whether a repaint window lies inside the source,
+    or repaint_end past its end, needs the audio's length: the engine checks that per row."""
+
+    def add(column: str, value: Any, expected: str) -> None:
+        problems.add(row, shown_id, column, value, expected)
+        failed.add(column)
+
+    # --- which audio input the task reads ---
+    if "src_audio" not in failed:
+        if task in SOURCE_TASKS and not values["src_audio"]:
+            add(
+                "src_audio",
+                _cell(raw, "src_audio"),
+                f"the source audio with task {task!r}, which changes an existing recording; set "
+                "src_audio to a local path or fsspec URL (e.g. s3://bucket/song.wav), or set "
+                "task to 'text2music'",
+            )
+        elif task not in SOURCE_TASKS and values["src_audio"]:
+            add(
+                "src_audio",
+                _cell(raw, "src_audio"),
+                f"no src_audio with task {task!r}: src_audio is only used by task "
+                f"{_task_list(SOURCE_TASKS)}; clear it or set task to {_task_list(SOURCE_TASKS)}",
+            )
+    if "ref_audio" not in failed:
+        if task in REFERENCE_TASKS and not values["ref_audio"]:
+            add(
+                "ref_audio",
+                _cell(raw, "ref_audio"),
+                f"the reference audio with task {task!r}, which starts from a noised recording; "
+                "set ref_audio to a local path or fsspec URL (e.g. s3://bucket/ref.flac), or set "
+                "task to 'text2music'",
+            )
+        elif task not in REFERENCE_TASKS and values["ref_audio"]:
+            add(
+                "ref_audio",
+                _cell(raw, "ref_audio"),
+                f"no ref_audio with task {task!r}: ref_audio is only used by task "
+                f"{_task_list(REFERENCE_TASKS)}; clear it or set task to "
+                f"{_task_list(REFERENCE_TASKS)}",
+            )
+
+    window_ok = not failed & {"repaint_start", "repaint_end"}
+    start, end = values["repaint_start"], values["repaint_end"]
+    if task == "repaint" and window_ok:
+        if start < 0:
+            add(
+                "repaint_start",
+                _cell(raw, "repaint_start"),
+                "repaint_start >= 0 with task 'repaint' (the seconds into the source where the "
+                "regenerated window starts); a negative repaint_start adds audio before the "
+                "source: set task to 'extend' for that",
+            )
+        elif seconds_to_latent_frames(end) <= seconds_to_latent_frames(start):
+            add(
+                "repaint_end",
+                _cell(raw, "repaint_end"),
+                f"repaint_end > repaint_start (here {start:g}) with task 'repaint', by at least "
+                f"one latent frame ({_FRAME_SECONDS:.3f} s): the seconds from repaint_start to "
+                "repaint_end of the source are regenerated; set repaint_end to where that "
+                "window ends",
+            )
+    if task == "extend" and window_ok:
+        if start > 0:
+            add(
+                "repaint_start",
+                _cell(raw, "repaint_start"),
+                f"repaint_start <= 0 with task 'extend' ({_EXTEND_MEANING}); to regenerate a "
+                "window inside the source set task to 'repaint'",
+            )
+        elif seconds_to_latent_frames(start) == 0 and end <= 0:
+            add(
+                "repaint_end",
+                _cell(raw, "repaint_end"),
+                f"a negative repaint_start or a repaint_end past the source's end with task "
+                f"'extend' ({_EXTEND_MEANING}; at least one latent frame, "
+                f"{_FRAME_SECONDS:.3f} s), but here nothing would be added; e.g. repaint_end = "
+                "the source's length + 30 adds 30 s at the end",
+            )
+
+    steps_ok = not failed & {"steps", "oss_steps", "scheduler"}
+    if task in ("repaint", "extend") and steps_ok and "retake_variance" not in failed:
+        steps, oss_steps, variance = values["steps"], values["oss_steps"], values["retake_variance"]
+        skipped = repaint_skipped_steps(steps, oss_steps, variance)
+        loop = sampler_loop_length(steps, values["scheduler"], oss_steps)
+        if skipped >= loop:
+            add(
+                "retake_variance",
+                _cell(raw, "retake_variance"),
+                f"a retake_variance that leaves steps to run with task {task!r}: it skips the "
+                f"first int(infer_steps * (1 - retake_variance)) = {skipped} of {loop} sampler "
+                f"steps (infer_steps = {'max(oss_steps)' if oss_steps else 'steps'}), so "
+                "nothing would be regenerated; raise retake_variance (ACE-Step's UI uses 0.2)",
+            )
+
+    if task == "audio2audio" and not failed & {"steps", "oss_steps", "ref_audio_strength"}:
+        steps, oss_steps = values["steps"], values["oss_steps"]
+        strength = values["ref_audio_strength"]
+        if audio2audio_step_count(steps, oss_steps, strength) < 1:
+            add(
+                "ref_audio_strength",
+                _cell(raw, "ref_audio_strength"),
+                _audio2audio_fix(steps, oss_steps, strength),
+            )
+
+    if task == "edit":
+        _check_edit_rules(raw, values, failed, add)
+
+
+def _audio2audio_fix(steps: int, oss_steps: str, strength: float) -> str:
+    infer = "max(oss_steps)" if oss_steps else "steps"
+    count = audio2audio_step_count(steps, oss_steps, strength)
+    text = (
+        f"a ref_audio_strength that leaves at least one step: audio2audio runs "
+        f"int((1 - ref_audio_strength) * {infer}) steps, here int((1 - {strength:g}) * "
+        f"{schedule_steps(steps, oss_steps)}) = {count}; "
+    )
+    if strength >= 1:
+        return text + "use a ref_audio_strength below 1"
+    min_steps = next(
+        (n for n in range(1, MAX_STEPS + 1) if audio2audio_step_count(n, "", strength) >= 1), None
+    )
+    max_strength = _max_audio2audio_strength(steps, oss_steps)
+    fix = f"use a ref_audio_strength of at most {max_strength:g}"
+    if min_steps is not None and not oss_steps:
+        fix += f", or steps >= {min_steps}"
+    return text + fix
+
+
+def _max_audio2audio_strength(steps: int, oss_steps: str) -> float:
+    """The largest strength (in steps of 0.001) that still runs one audio-to-audio step."""
+    for thousandths in range(1000, -1, -1):
+        if audio2audio_step_count(steps, oss_steps, thousandths / 1000) >= 1:
+            return thousandths / 1000
+    return 0.0
+
+
+def _check_edit_rules(
+    raw: dict[str, Any],
+    values: dict[str, Any],
+    failed: set[str],
+    add: Callable[[str, Any, str], None],
+) -> None:
+    """FlowEdit (spec 6.8): edit towards a target prompt/lyrics over a window of the steps."""
+    targets = ("edit_target_prompt", "edit_target_lyrics", "prompt", "lyrics")
+    if not failed & set(targets) and isinstance(values["prompt"], str):
+        target_prompt = values["edit_target_prompt"] or values["prompt"]
+        target_lyrics = values["edit_target_lyrics"] or values["lyrics"]
+        if target_prompt == values["prompt"] and target_lyrics == values["lyrics"]:
+            add(
+                "edit_target_prompt",
+                _cell(raw, "edit_target_prompt"),
+                "an edit_target_prompt or edit_target_lyrics that differs from prompt/lyrics "
+                "with task 'edit' (it edits the source, described by prompt and lyrics, "
+                "towards these; empty means the same as the source, which changes nothing); "
+                "set one or both",
+            )
+    fractions_ok = not failed & {"edit_n_min", "edit_n_max"}
+    n_min, n_max = values["edit_n_min"], values["edit_n_max"]
+    if fractions_ok and n_min > n_max:
+        add(
+            "edit_n_max",
+            _cell(raw, "edit_n_max"),
+            f"edit_n_max >= edit_n_min (here {n_min:g}) with task 'edit': steps from "
+            "int(steps * edit_n_min) to int(steps * edit_n_max) edit the source, the rest "
+            "sample towards the target; raise edit_n_max or lower edit_n_min",
+        )
+    elif fractions_ok and not failed & {"steps", "scheduler"}:
+        steps = values["steps"]
+        loop = sampler_loop_length(steps, values["scheduler"], "")
+        if int(steps * n_min) >= loop:
+            add(
+                "edit_n_min",
+                _cell(raw, "edit_n_min"),
+                f"an edit_n_min that leaves steps to run with task 'edit': it skips the first "
+                f"int(steps * edit_n_min) = {int(steps * n_min)} of {loop} steps, so the "
+                "source would come back unchanged; lower edit_n_min (ACE-Step's UI uses 0.2 "
+                "for a remix, 0.6 to change only the lyrics)",
+            )
+    if "oss_steps" not in failed and values["oss_steps"]:
+        add(
+            "oss_steps",
+            _cell(raw, "oss_steps"),
+            "no oss_steps with task 'edit' (edit always runs the normal schedule of `steps` "
+            "steps and would ignore a custom step list); clear oss_steps, or set steps instead",
+        )
+    if "cfg_type" not in failed and values["cfg_type"] != "apg":
+        add(
+            "cfg_type",
+            _cell(raw, "cfg_type"),
+            f"cfg_type 'apg' with task 'edit' (edit always guides with APG, so "
+            f"{values['cfg_type']!r} would be ignored); clear cfg_type or set it to 'apg'",
+        )
+
+
+def _check_lora_rules(
+    row: int,
+    shown_id: str | None,
+    raw: dict[str, Any],
+    values: dict[str, Any],
+    failed: set[str],
+    problems: _ProblemList,
+) -> None:
+    if failed & {"lora", "lora_weight"} or values["lora"]:
+        return
+    if values["lora_weight"] != COLUMNS_BY_NAME["lora_weight"].default:
+        problems.add(
+            row,
+            shown_id,
+            "lora_weight",
+            _cell(raw, "lora_weight"),
+            "no lora_weight without a lora (it scales the adapter named in lora, and this row "
+            "has none); set lora or clear lora_weight",
+        )
+        failed.add("lora_weight")
 
 
 def _check_unique_outputs(identities: list[_RowIdentity], problems: _ProblemList) -> None:

@@ -425,7 +425,9 @@ class AceStepPipeline:
 
         if first.task == "audio2audio":
             sigma_max = 1.0 - first.ref_audio_strength
-            schedule = sched.make_schedule(first.scheduler, first.steps, (), self.dtype, sigma_max=sigma_max)
+            oss = first.oss_steps_list()  # upstream keeps only their maximum as the step count here
+            steps = max(oss) if oss else first.steps
+            schedule = sched.make_schedule(first.scheduler, steps, (), self.dtype, sigma_max=sigma_max)
             references = [sources[r.ref_audio] for r in requests]
             frames = [ref.shape[-1] for ref in references]
         else:

@@ -56,3 +56,13 @@ def test_out_of_memory_detection() -> None:
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
     assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: out of memory"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_writer_columns_are_the_reserved_columns() -> None:
+    """Every metadata column the writer owns is reserved in the manifest schema (so a user column
+    of that name is rejected up front rather than silently overwritten), and vice versa."""
+    from acestep_batch.batch.writer import METADATA_TYPES
+    from acestep_batch.manifest.schema import RESERVED_COLUMNS
+    from acestep_batch.model.request import GENERATION_FIELDS
+
+    assert set(METADATA_TYPES) - set(GENERATION_FIELDS) - {"id", "format"} == set(RESERVED_COLUMNS)

@@ -29,7 +29,7 @@ from acestep_batch.manifest.schema import (
     parse_task,
     reserved_column_reason,
 )
-from acestep_batch.model.request import GENERATION_FIELDS, MAX_SEED, GenerationRequest
+from acestep_batch.model.request import GENERATION_FIELDS, MAX_SEED, TASKS, GenerationRequest
 
 README = Path(__file__).resolve().parents[2] / "manifests" / "README.md"
 
@@ -65,6 +65,82 @@ def test_derived_id_is_pinned() -> None:
         == "aac0a0e193d9994f"
     )
     assert derive_seed("aac0a0e193d9994f") == 150942370
+
+
+def test_derived_ids_from_before_the_edit_task_columns_are_unchanged() -> None:
+    # Ids computed with the code from before issue 6 (edit tasks, LoRA), which hashed only the
+    # fields of that time. Resuming a run started then depends on these staying the same.
+    assert (
+        derive_id(
+            _fields(
+                prompt="rock anthem",
+                lyrics="[verse]\nla la",
+                duration=12.5,
+                seed=7,
+                steps=27,
+                oss_steps="16,29,52",
+                scheduler="pingpong",
+            ),
+            seed_given=True,
+        )
+        == "ccfff4517a01883d"
+    )
+    assert (
+        derive_id(
+            _fields(
+                prompt="rock anthem",
+                lyrics="[verse]\nla la",
+                duration=12.5,
+                steps=27,
+                use_erg_tag=False,
+            ),
+            seed_given=False,
+        )
+        == "8055c982b73623de"
+    )
+    # The new fields at their defaults leave the id alone; any other value changes it.
+    base = derive_id(_fields(prompt="x"), seed_given=False)
+    explicit_defaults = _fields(
+        prompt="x",
+        retake_seeds=None,
+        retake_variance=0.5,
+        repaint_start=0.0,
+        repaint_end=0.0,
+        src_audio="",
+        ref_audio="",
+        ref_audio_strength=0.5,
+        edit_target_prompt="",
+        edit_target_lyrics="",
+        edit_n_min=0.0,
+        edit_n_max=1.0,
+        edit_n_avg=1,
+        lora="",
+        lora_weight=1.0,
+    )
+    assert derive_id(explicit_defaults, seed_given=False) == base
+    changed = {
+        "retake_seeds": 0,
+        "retake_variance": 0.2,
+        "repaint_start": -5.0,
+        "repaint_end": 10.0,
+        "src_audio": "s3://b/a.wav",
+        "ref_audio": "s3://b/r.wav",
+        "ref_audio_strength": 0.7,
+        "edit_target_prompt": "jazz",
+        "edit_target_lyrics": "[verse]",
+        "edit_n_min": 0.2,
+        "edit_n_max": 0.4,
+        "edit_n_avg": 2,
+        "lora": "ACE-Step/ACE-Step-v1-chinese-rap-LoRA",
+        "lora_weight": 0.5,
+    }
+    ids = {
+        derive_id(_fields(prompt="x", **{name: value}), seed_given=False)
+        for name, value in changed.items()
+    }
+    assert base not in ids and len(ids) == len(changed)
+    # task was hashed before issue 6 already, so it always takes part.
+    assert derive_id(_fields(prompt="x", task="retake"), seed_given=False) != base
 
 
 def test_derived_id_depends_on_generation_fields_only() -> None:
@@ -171,10 +247,14 @@ def test_oss_steps_canonical_text() -> None:
             parse_oss_steps(bad)
 
 
-def test_task_not_supported_yet() -> None:
-    assert parse_task("text2music") == "text2music"
-    with pytest.raises(InvalidValue, match="'repaint' is not supported yet"):
-        parse_task("repaint")
+def test_every_task_is_accepted() -> None:
+    for task in TASKS:
+        assert parse_task(task) == task
+    with pytest.raises(InvalidValue, match="did you mean 'audio2audio'") as caught:
+        parse_task("Audio2Audio")
+    assert "not supported" not in str(caught.value)
+    with pytest.raises(InvalidValue, match="one of: text2music, retake, repaint, extend"):
+        parse_task("inpaint")
 
 
 def test_null_spellings() -> None:
@@ -207,7 +287,9 @@ def test_readme_documents_every_column_with_its_default() -> None:
         if name == "seed":
             continue  # the engine's 0 is never used: a manifest seed defaults to a derived one
         shown = documented[name].strip("`")
-        if isinstance(default, bool):
+        if default is None:
+            assert shown in ("derived", "empty"), name
+        elif isinstance(default, bool):
             assert shown == str(default).lower(), name
         elif isinstance(default, float):
             assert math.isclose(float(shown), default), name

@@ -120,9 +120,14 @@ def test_cfg_type_and_format_choices() -> None:
     assert problems(prompt=["a", "b"], format=["flac", None]) == []
 
 
-def test_unsupported_task() -> None:
-    problem = only_problem(prompt=["a"], task=["repaint"])
-    assert "'repaint' is not supported yet" in str(problem) and "text2music" in str(problem)
+def test_unknown_task() -> None:
+    problem = only_problem(prompt=["a"], task=["noise"])
+    assert str(problem) == (
+        "row 1, column 'task': got 'noise'; expected one of: text2music, retake, repaint, "
+        "extend, edit, audio2audio"
+    )
+    assert "did you mean 'repaint'?" in str(only_problem(prompt=["a"], task=["inpaint"]))
+    assert "did you mean 'retake'?" in str(only_problem(prompt=["a"], task=["Retake"]))
 
 
 def test_many_problems_reported_at_once_in_row_order() -> None:
