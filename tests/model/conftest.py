@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "upstream"
+
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -28,6 +30,35 @@ def tiny_pipe(tiny_ckpt: Path):
     from acestep_batch.model.pipeline import AceStepPipeline, EngineConfig
 
     return AceStepPipeline.from_checkpoint(EngineConfig(checkpoint=str(tiny_ckpt), device="cpu", dtype="float32"))
+
+
+@pytest.fixture(scope="session")
+def parity_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `parity` profile checkpoint the upstream fixtures were recorded on (hash-checked)."""
+    import hashlib
+    import json
+
+    from acestep_batch.model.tiny import make_tiny_checkpoint
+
+    recorded = json.loads((FIXTURES / "text2music_tiny.json").read_text())["checkpoint_sha256"]
+    root = make_tiny_checkpoint(tmp_path_factory.mktemp("parity") / "ckpt", profile="parity", seed=0)
+    drift = [name for name, digest in recorded.items()
+             if hashlib.sha256((root / name).read_bytes()).hexdigest() != digest]
+    assert not drift, f"make-tiny --profile parity changed since the fixtures were recorded: {drift}"
+    return root
+
+
+@pytest.fixture(scope="session")
+def parity_pipeline(parity_checkpoint: Path, shared_dir: Path):
+    """The real pipeline on the parity checkpoint with the real lyric vocabulary (fp32 CPU);
+    tests run single-threaded like the fixture recordings (see `single_thread`)."""
+    from acestep_batch.model.pipeline import AceStepPipeline, EngineConfig
+
+    vocab = shared_dir / "data" / "acestep-v1-lyric-vocab.json"
+    if not vocab.is_file():
+        pytest.fail(f"lyric vocabulary missing at {vocab} (set ACESTEP_SHARED_DIR)")
+    return AceStepPipeline.from_checkpoint(EngineConfig(checkpoint=str(parity_checkpoint), lyric_vocab=str(vocab),
+                                                        device="cpu"))
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ CPU; max abs diff <= 1e-4, relative where values are large).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -116,28 +115,6 @@ LYRICS = "[verse]\nNeon lights they flicker bright\n我走过深夜的街道"
 
 def _close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-4, rtol: float = 1e-4) -> None:
     torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol)
-
-
-@pytest.fixture(scope="module")
-def parity_pipeline(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path):
-    from acestep_batch.model.pipeline import AceStepPipeline, EngineConfig
-    from acestep_batch.model.tiny import make_tiny_checkpoint
-
-    vocab = shared_dir / "data" / "acestep-v1-lyric-vocab.json"
-    if not vocab.is_file():
-        pytest.fail(f"lyric vocabulary missing at {vocab} (set ACESTEP_SHARED_DIR)")
-    root = make_tiny_checkpoint(tmp_path_factory.mktemp("parity") / "ckpt", profile="parity", seed=0)
-    drift = [
-        name for name, digest in TINY["checkpoint_sha256"].items()
-        if hashlib.sha256((root / name).read_bytes()).hexdigest() != digest
-    ]
-    assert not drift, f"make-tiny --profile parity changed since the fixtures were recorded: {drift}"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the fixtures were recorded single-threaded
-    try:
-        yield AceStepPipeline.from_checkpoint(EngineConfig(checkpoint=str(root), lyric_vocab=str(vocab), device="cpu"))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_module_outputs_match_upstream(parity_pipeline) -> None:
