@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_CKPT := .cache/tiny-checkpoint
 DEMO_OUT := demo-output
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-edit test bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ demo: install
 	RAY_AUTH_MODE=disabled $(BIN)/acestep-batch submit manifests/demo.parquet \
 		--output $(DEMO_OUT) --checkpoint $(DEMO_CKPT)
 
+# Edit tasks and LoRA on the demo's own renders (run `make demo` first).
+demo-edit: install
+	$(BIN)/acestep-batch model make-tiny-lora .cache/tiny-lora --checkpoint $(DEMO_CKPT)
+	RAY_AUTH_MODE=disabled $(BIN)/acestep-batch submit manifests/edit_tasks.jsonl \
+		--output demo-edit-output --checkpoint $(DEMO_CKPT)
+
 test: install
 	RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
@@ -31,4 +37,4 @@ bench: install
 	RAY_AUTH_MODE=disabled $(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(DEMO_OUT) .cache .pytest_cache
+	rm -rf $(DEMO_OUT) demo-edit-output .cache .pytest_cache

@@ -1,4 +1,5 @@
-"""Regenerate the example manifests in this folder: demo.parquet, loops.parquet, catalogue.jsonl.
+"""Regenerate the example manifests in this folder: demo.parquet, loops.parquet, catalogue.jsonl,
+edit_tasks.jsonl.
 
     .venv/bin/python manifests/make_examples.py [--out DIR]
 
@@ -220,6 +221,32 @@ _CATALOGUE_ROWS: list[dict[str, Any]] = [
 ]
 
 
+# --- edit_tasks.jsonl: every edit task and a LoRA, on the outputs of `make demo` -----------------
+# Paths are relative to the repository root (where `make demo-edit` runs): the sources are demo
+# renders, the adapter is the random one `make demo-edit` writes with `model make-tiny-lora`.
+_LOFI = "demo-output/audio/demo-lofi-piano-0.wav"
+_SYNTH = "demo-output/audio/demo-synthwave.flac"
+_EDIT_ROWS: list[dict[str, Any]] = [
+    {"id": "edit-retake", "task": "retake", "prompt": "lo-fi hip hop, mellow piano, vinyl crackle, relaxed",
+     "duration": 3.0, "steps": 5, "seed": 42, "retake_seeds": 1, "retake_variance": 0.3},
+    {"id": "edit-repaint", "task": "repaint", "src_audio": _LOFI, "repaint_start": 1.0, "repaint_end": 2.0,
+     "prompt": "lo-fi hip hop, mellow piano, vinyl crackle, relaxed", "steps": 5, "seed": 42},
+    {"id": "edit-extend", "task": "extend", "src_audio": _SYNTH, "repaint_start": -1.0, "repaint_end": 4.0,
+     "prompt": "synthwave, driving bass, retro drum machine, bright arpeggio", "steps": 4, "seed": 7},
+    {"id": "edit-flowedit", "task": "edit", "src_audio": _LOFI, "edit_target_prompt": "jazz piano trio, brushed drums",
+     "edit_n_min": 0.2, "edit_n_max": 0.8, "prompt": "lo-fi hip hop, mellow piano, vinyl crackle, relaxed",
+     "steps": 5, "seed": 42},
+    {"id": "edit-audio2audio", "task": "audio2audio", "ref_audio": _SYNTH, "ref_audio_strength": 0.5,
+     "prompt": "chiptune, square lead, 8-bit drums", "steps": 4, "seed": 3},
+    {"id": "edit-lora", "prompt": "lo-fi hip hop, mellow piano", "duration": 2.0, "steps": 4, "seed": 5,
+     "lora": ".cache/tiny-lora", "lora_weight": 1.0, "variations": 2},
+]
+
+
+def edit_lines() -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in _EDIT_ROWS)
+
+
 def demo_table() -> pa.Table:
     return pa.Table.from_pylist(_DEMO_ROWS, schema=_DEMO_SCHEMA)
 
@@ -233,13 +260,15 @@ def catalogue_lines() -> str:
 
 
 def write_examples(out: Path) -> list[Path]:
-    """Write all three example manifests into `out`; returns their paths."""
+    """Write all example manifests into `out`; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     demo, loops, catalogue = out / "demo.parquet", out / "loops.parquet", out / "catalogue.jsonl"
+    edits = out / "edit_tasks.jsonl"
     pq.write_table(demo_table(), demo)
     pq.write_table(loops_table(), loops)
     catalogue.write_text(catalogue_lines(), encoding="utf-8")
-    return [demo, loops, catalogue]
+    edits.write_text(edit_lines(), encoding="utf-8")
+    return [demo, loops, catalogue, edits]
 
 
 def main() -> None:

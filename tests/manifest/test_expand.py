@@ -243,7 +243,8 @@ def test_catalogue_manifest() -> None:
 def test_committed_examples_match_the_generator(tmp_path: Path) -> None:
     make_examples = _make_examples()
     written = make_examples.write_examples(tmp_path)
-    assert [path.name for path in written] == ["demo.parquet", "loops.parquet", "catalogue.jsonl"]
+    assert [path.name for path in written] == ["demo.parquet", "loops.parquet", "catalogue.jsonl",
+                                                 "edit_tasks.jsonl"]
     for path in written:
         committed = MANIFESTS / path.name
         if path.suffix == ".parquet":
