@@ -283,7 +283,7 @@ def make_tiny_lora(
     if with_metadata:
         config = {"r": rank, "lora_alpha": alpha if alpha is not None else rank, "use_rslora": use_rslora,
                   "target_modules": list(targets)}
-        metadata = {METADATA_KEY: json.dumps(config), "format": "pt"}
+        metadata = {METADATA_KEY: json.dumps(config)}  # one key: safetensors orders several at random
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / LORA_WEIGHTS), metadata=metadata)

@@ -593,6 +593,10 @@ class AceStepServe:
                        "max_queued": self.config.max_queued,
                        "max_batch_size": self.config.max_batch_size, "batch_wait_ms": self.config.batch_wait_ms},
             "stats": self.metrics.stats(),
+            "lora": {"loaded": self.replica.pipeline.adapters.loaded, "loads": self.replica.pipeline.adapters.loads,
+                     "cache_size": self.config.lora_cache_size, "hub_allowed": self.config.allow_hub_lora},
+            "inputs": {"allowed_prefixes": list(self.config.allow_input_prefixes),
+                       "max_upload_bytes": self.config.max_upload_bytes},
         }
 
     async def render_batch(self, specs_json: str) -> dict[str, list[Any]]:
@@ -642,6 +646,8 @@ def app_builder(args: dict[str, Any]) -> Any:
     values = dict(args)
     if values.get("autoscale") is not None:
         values["autoscale"] = tuple(values["autoscale"])
+    if values.get("allow_input_prefixes") is not None:
+        values["allow_input_prefixes"] = tuple(values["allow_input_prefixes"])
     return build_app(ServeConfig(**values))
 
 
