@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_CKPT := .cache/tiny-checkpoint
 DEMO_OUT := demo-output
 
-.PHONY: install demo demo-edit test bench clean
+.PHONY: install demo demo-edit demo-loops test bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ demo-edit: install
 	RAY_AUTH_MODE=disabled $(BIN)/acestep-batch submit manifests/edit_tasks.jsonl \
 		--output demo-edit-output --checkpoint $(DEMO_CKPT)
 
+# A small loop library on the tiny checkpoint: spec -> manifest -> loops with QC -> HTML report.
+# (Random weights make noise, so the tempo/key checks are off here; keep them on for real models.)
+demo-loops: install
+	test -d $(DEMO_CKPT) || RAY_AUTH_MODE=disabled $(BIN)/acestep-batch model make-tiny $(DEMO_CKPT)
+	$(BIN)/acestep-batch manifest expand jobs/text2samples/small.yaml -o .cache/loops-small.parquet
+	RAY_AUTH_MODE=disabled $(BIN)/acestep-batch submit .cache/loops-small.parquet --output demo-loops-output \
+		--checkpoint $(DEMO_CKPT) --loops --bit-depth 24 --no-qc-bpm --no-qc-key
+	$(BIN)/acestep-batch report demo-loops-output
+
 test: install
 	RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
@@ -37,4 +46,4 @@ bench: install
 	RAY_AUTH_MODE=disabled $(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(DEMO_OUT) demo-edit-output .cache .pytest_cache
+	rm -rf $(DEMO_OUT) demo-edit-output demo-loops-output .cache .pytest_cache

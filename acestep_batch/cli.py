@@ -36,6 +36,21 @@ def _storage_options(text: Optional[str]) -> dict:
         return {}
 
 
+def _loop_options(loops: bool, loudness: str, target_lufs: float, true_peak: float, crossfade_ms: float,
+                  max_attempts: int, qc_bpm: bool, qc_key: bool, fmt: str, bit_depth: str):
+    """The --loops settings (None without --loops), checked before anything starts."""
+    from .audio.postprocess import LOOP_BIT_DEPTHS, LOUDNESS_MODES, LoopOptions
+
+    if not loops:
+        return None
+    if loudness not in LOUDNESS_MODES:
+        _fail(f"--loudness must be one of {', '.join(LOUDNESS_MODES)}, got {loudness!r}")
+    if fmt == "wav" and bit_depth not in LOOP_BIT_DEPTHS:
+        _fail("--loops writes 16- or 24-bit WAV (with ACID/smpl chunks): use --bit-depth 16 or 24")
+    return LoopOptions(loudness=loudness, target_lufs=target_lufs, peak_dbfs=true_peak, ceiling_dbtp=true_peak,
+                       crossfade_s=crossfade_ms / 1000.0, check_bpm=qc_bpm, check_key=qc_key, max_attempts=max_attempts)
+
+
 def _precheck_checkpoint(checkpoint: str, revision: Optional[str]) -> None:
     """Catch a wrong local checkpoint on the driver, before any replica starts."""
     from .model.checkpoint import CheckpointError, resolve_checkpoint
@@ -71,6 +86,15 @@ def submit(
     dashboard: bool = typer.Option(False, help="Embedded Ray only: start the Ray dashboard on 127.0.0.1:8265."),
     progress: bool = typer.Option(True, help="Show the live progress bar."),
     lora_cache_size: int = typer.Option(4, min=1, help="LoRA adapters each replica keeps loaded (LRU)."),
+    loops: bool = typer.Option(False, help="Post-process outputs as loops: cut to the bar length from the 'bpm'/'bars' "
+                                           "columns, seamless crossfade, loudness, QC, WAV with ACID/smpl chunks."),
+    loudness: str = typer.Option("lufs", help="--loops: lufs (integrated, with a true-peak ceiling), peak, or none."),
+    target_lufs: float = typer.Option(-14.0, help="--loops: integrated loudness target (LUFS)."),
+    true_peak: float = typer.Option(-1.0, help="--loops: true-peak ceiling in lufs mode / target in peak mode (dBTP)."),
+    crossfade_ms: float = typer.Option(50.0, min=0.0, help="--loops: tail-into-head crossfade that makes the loop seamless."),
+    max_attempts: int = typer.Option(3, min=1, help="--loops: renders per output (new seed each) before a QC failure is set aside."),
+    qc_bpm: bool = typer.Option(True, help="--loops: require the estimated tempo to match 'bpm' (octave errors allowed)."),
+    qc_key: bool = typer.Option(True, help="--loops: require the estimated key to match 'key' (relative key allowed)."),
     via_serve: Optional[str] = typer.Option(
         None, "--via-serve", metavar="[APP]",
         help="Render on a running `acestep-batch serve` app (default name 'acestep') instead of starting "
@@ -100,6 +124,8 @@ def submit(
         bit_depth=bit_depth, storage_options=_storage_options(storage_options), overwrite=overwrite,
         dry_run=dry_run, local_num_cpus=num_cpus, local_num_gpus=num_gpus, dashboard=dashboard, show_progress=progress,
         via_serve=via_serve, lora_cache_size=lora_cache_size,
+        loops=_loop_options(loops, loudness, target_lufs, true_peak, crossfade_ms, max_attempts, qc_bpm, qc_key, format,
+                            bit_depth),
     )
     try:
         summary = run_job(config, echo=typer.echo)
@@ -124,6 +150,25 @@ def status(
     from .batch.status import summarize_run
 
     typer.echo(summarize_run(uri, _storage_options(storage_options)).render())
+
+
+@app.command()
+def report(
+    uri: str = typer.Argument(..., help="Output prefix of a run."),
+    out: Optional[str] = typer.Option(None, "--out", help="Report folder or .html file (local or fsspec URL); default RUN/report/index.html."),
+    max_samples: Optional[int] = typer.Option(None, min=0, help="Sample cards on the page (default 2000, in manifest order); the summary plots count every output."),
+    storage_options: Optional[str] = typer.Option(None, help="JSON object of fsspec storage options."),
+) -> None:
+    """Write a static HTML browser of a run: players, waveforms, spectrograms, tags, QC, filters, summary plots."""
+    from .report import ReportError, build_report
+
+    options = _storage_options(storage_options)
+    try:
+        url = build_report(uri, options, out=out, max_samples=max_samples)
+    except ReportError as error:
+        _fail(str(error))
+        return
+    typer.echo(f"wrote report {url}")
 
 
 @app.command()
@@ -300,6 +345,36 @@ def manifest_validate(
         _fail(str(error))
         return
     typer.echo(f"{manifest}: OK, {table.num_rows} rows -> {len(specs)} outputs")
+
+
+@manifest_app.command("expand")
+def manifest_expand(
+    spec: str = typer.Argument(..., help="Text2Samples job spec (YAML; see jobs/text2samples/README.md), local or fsspec URL."),
+    output: str = typer.Option(..., "--output", "-o", help="Manifest to write: .parquet, .jsonl or .csv (local or fsspec URL)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Keep only the first N rows (a quick trial)."),
+    storage_options: Optional[str] = typer.Option(None, help="JSON object of fsspec storage options."),
+) -> None:
+    """Turn a loop-library spec (axes, tempos, keys, bars, templates) into a manifest."""
+    from .manifest import manifest_warnings
+    from .manifest.text2samples import SpecError, check_table, describe_table, expand_spec, load_spec, write_manifest
+
+    options = _storage_options(storage_options)
+    try:
+        table = expand_spec(load_spec(spec, options), validate=False)
+        if limit is not None:
+            table = table.slice(0, limit)
+        check_table(table, spec)  # what `submit` checks: a spec never yields a rejected manifest
+    except SpecError as error:
+        _fail(str(error))
+        return
+    try:
+        write_manifest(table, output, options)
+    except (ValueError, OSError) as error:
+        _fail(f"--output: {error}")
+        return
+    for warning in manifest_warnings(table):
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"{spec}: {describe_table(table)} -> {output}")
 
 
 @model_app.command("make-tiny")

@@ -24,7 +24,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .. import __version__
-from ..manifest import OutputSpec, load_manifest, manifest_sha256
+from ..audio.postprocess import LoopFieldError, LoopFields, LoopOptions, retry_seed
+from ..manifest import ManifestError, ManifestProblem, OutputSpec, load_manifest, manifest_sha256
 from ..model.pipeline import EngineConfig
 from ..model.request import DEFAULT_CHECKPOINT
 from ..replica import AceStepReplica, ReplicaConfig
@@ -60,6 +61,7 @@ class JobConfig:
     via_serve: str | None = None  # name of a running Serve app whose replicas render (see serve_stage)
     via_serve_concurrency: int = 2  # planned batches in flight to the Serve app at once
     lora_cache_size: int = 4  # LoRA adapters each replica keeps loaded (rows are ordered by adapter)
+    loops: LoopOptions | None = None  # post-process outputs as loops (needs bpm/bars columns), QC + retries
 
 
 @dataclass
@@ -73,8 +75,14 @@ class JobSummary:
     output: str
     failures: list[tuple[str, str]] = field(default_factory=list)
 
+    rejected: int = 0  # loops set aside after failing QC on every attempt (counted in `failed` too)
+    retried: int = 0  # QC re-renders done
+
     def line(self) -> str:
-        return f"{self.generated} generated, {self.skipped} skipped, {self.failed} failed"
+        line = f"{self.generated} generated, {self.skipped} skipped, {self.failed} failed"
+        if self.rejected or self.retried:
+            line += f" ({self.rejected} rejected by QC after retries; {self.retried} re-renders)"
+        return line
 
 
 def _now() -> str:
@@ -138,10 +146,38 @@ def _replica_layout(config: JobConfig) -> tuple[int, float]:
     return replicas, gpus
 
 
+def check_loop_rows(specs: list[OutputSpec], options: LoopOptions, uri: str | None = None) -> None:
+    """--loops needs `bpm` and `bars` (optionally `key`, `time_signature`) on every row, and a
+    render long enough to cut the loop plus its crossfade from; raises ManifestError otherwise."""
+    problems: list[ManifestProblem] = []
+    seen: set[int] = set()
+    for spec in specs:
+        if spec.row in seen:
+            continue
+        seen.add(spec.row)
+        try:
+            fields = LoopFields.from_extra(spec.extra)
+        except LoopFieldError as error:
+            problems.append(ManifestProblem(spec.row, spec.id, error.column, error.value,
+                                            f"{error.expected} (needed by --loops)"))
+            continue
+        needed = fields.loop_seconds() + options.crossfade_s
+        if spec.request.task == "text2music" and spec.request.duration < needed + 0.05:
+            problems.append(ManifestProblem(
+                spec.row, spec.id, "duration", spec.request.duration,
+                f"at least {needed + 0.05:.2f} s: {fields.bars} bars of {fields.meter[0]}/{fields.meter[1]} at "
+                f"{fields.bpm:g} BPM last {fields.loop_seconds():.2f} s plus a {options.crossfade_s:g} s crossfade "
+                "(`acestep-batch manifest expand` adds a render margin)"))
+    if problems:
+        raise ManifestError(problems, uri=uri)
+
+
 def run_job(config: JobConfig, echo: Callable[[str], None] = print) -> JobSummary:
     """Run (or resume) a job. Raises ManifestError before anything starts on a bad manifest."""
     started = time.time()
     table, specs = load_manifest(config.manifest, config.storage_options)
+    if config.loops is not None:
+        check_loop_rows(specs, config.loops, config.manifest)
     storage = Storage(config.output, config.storage_options)
     formats = _formats(specs, config.format)
     names = {spec.output_id: audio_name(spec.output_id, formats[spec.output_id]) for spec in specs}
@@ -176,7 +212,7 @@ def run_job(config: JobConfig, echo: Callable[[str], None] = print) -> JobSummar
             from .serve_stage import check_serve_app
 
             check_serve_app(config.via_serve, config.sample_rate)
-        summary = _execute(config, storage, batches, formats, pending, skipped, len(specs), started, echo)
+        summary = _execute(config, storage, batches, formats, pending, skipped, len(specs), started, echo, specs)
     finally:
         if started_ray:
             import ray
@@ -185,17 +221,51 @@ def run_job(config: JobConfig, echo: Callable[[str], None] = print) -> JobSummar
     run_record.update(
         status="finished", finished_at=_now(),
         counts={**run_record["counts"], "generated": summary.generated, "failed": summary.failed,
-                "audio_seconds": summary.audio_seconds},
+                "rejected": summary.rejected, "qc_rerenders": summary.retried, "audio_seconds": summary.audio_seconds},
     )
     storage.write_text(RUN_FILE, json.dumps(run_record, indent=2))
     return summary
 
 
-def _execute(config, storage, batches, formats, pending, skipped, total, started, echo) -> JobSummary:
+def _execute(config, storage, batches, formats, pending, skipped, total, started, echo, specs=()) -> JobSummary:
+    """Render the planned batches; with --loops, outputs that fail QC go round again with new seeds
+    (one more Ray Data pass per attempt) until they pass or `max_attempts` is spent."""
+    from .progress import JobProgress
+
+    by_id = {spec.output_id: spec for spec in specs}
+    tally = _Tally()
+    attempts: dict[str, tuple[int, int]] = {}
+    with JobProgress(pending, enabled=config.show_progress) as progress:
+        while batches:
+            retry = []
+            for row in _render_pass(config, storage, batches, formats, attempts, echo).iter_rows():
+                if row["status"] == "retry":
+                    retry.append(row["output_id"])
+                    continue
+                tally.add(row)
+                progress.advance(float(row["audio_seconds"] or 0.0))
+            if not retry:
+                break
+            retried = []
+            for output_id in sorted(retry):
+                attempt, base_seed = attempts.get(output_id, (1, by_id[output_id].request.seed))
+                spec = by_id[output_id]
+                request = dataclasses.replace(spec.request, seed=retry_seed(base_seed, attempt + 1))
+                retried.append(dataclasses.replace(spec, request=request))
+                attempts[output_id] = (attempt + 1, base_seed)
+            tally.retried += len(retried)
+            echo(f"{len(retried)} output(s) failed QC; re-rendering with new seeds "
+                 f"(attempt {max(a for a, _ in attempts.values())} of {config.loops.max_attempts})")
+            batches = plan_batches(retried, config.batch_size)
+    return tally.summary(storage, total, skipped, started, echo)
+
+
+def _render_pass(config, storage, batches, formats, attempts, echo) -> Any:
     import ray
 
-    output_options = OutputOptions(uri=config.output, storage_options=config.storage_options, bit_depth=config.bit_depth)
-    dataset = ray.data.from_items(batch_rows(batches, formats), override_num_blocks=len(batches))
+    output_options = OutputOptions(uri=config.output, storage_options=config.storage_options, bit_depth=config.bit_depth,
+                                   loops=config.loops)
+    dataset = ray.data.from_items(batch_rows(batches, formats, attempts), override_num_blocks=len(batches))
     if config.via_serve:
         from .serve_stage import ServeRenderCaller
 
@@ -211,7 +281,7 @@ def _execute(config, storage, batches, formats, pending, skipped, total, started
         AudioWriter, fn_constructor_kwargs={"options": output_options}, batch_size=None,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=0.25,
     )
-    return _collect(config, dataset, storage, pending, skipped, total, started, echo)
+    return dataset
 
 
 def _replica_stage(config: JobConfig, dataset: Any, batch_count: int, storage: Storage, echo: Callable[[str], None]) -> Any:
@@ -230,24 +300,29 @@ def _replica_stage(config: JobConfig, dataset: Any, batch_count: int, storage: S
     )
 
 
-def _collect(config, dataset, storage, pending, skipped, total, started, echo) -> JobSummary:
-    from .progress import JobProgress
+@dataclass
+class _Tally:
+    generated: int = 0
+    failed: int = 0
+    rejected: int = 0
+    retried: int = 0
+    audio_seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
 
-    generated = failed = 0
-    audio_seconds = 0.0
-    failures: list[tuple[str, str]] = []
-    with JobProgress(pending, enabled=config.show_progress) as progress:
-        for row in dataset.iter_rows():
-            if row["status"] == "ok":
-                generated += 1
-                audio_seconds += float(row["audio_seconds"])
-            else:
-                failed += 1
-                failures.append((row["output_id"], row["error"] or ""))
-            progress.advance(float(row["audio_seconds"] or 0.0))
-    summary = JobSummary(total, generated, skipped, failed, audio_seconds, time.time() - started, storage.url(), failures)
-    for output_id, error in failures[:10]:
-        echo(f"failed {output_id}: {error.splitlines()[-1] if error else 'unknown error'}")
-    echo(f"{summary.line()}; {audio_seconds:.1f} s of audio in {summary.wall_seconds:.1f} s")
-    echo(f"audio: {storage.url(AUDIO_DIR)}  metadata: {storage.url(METADATA_DIR)}  run record: {storage.url(RUN_FILE)}")
-    return summary
+    def add(self, row: dict[str, Any]) -> None:
+        if row["status"] == "ok":
+            self.generated += 1
+            self.audio_seconds += float(row["audio_seconds"])
+            return
+        self.failed += 1
+        self.rejected += row["status"] == "rejected"
+        self.failures.append((row["output_id"], row["error"] or ""))
+
+    def summary(self, storage: Storage, total: int, skipped: int, started: float, echo: Callable[[str], None]) -> JobSummary:
+        summary = JobSummary(total, self.generated, skipped, self.failed, self.audio_seconds, time.time() - started,
+                             storage.url(), self.failures, self.rejected, self.retried)
+        for output_id, error in self.failures[:10]:
+            echo(f"failed {output_id}: {error.splitlines()[-1] if error else 'unknown error'}")
+        echo(f"{summary.line()}; {self.audio_seconds:.1f} s of audio in {summary.wall_seconds:.1f} s")
+        echo(f"audio: {storage.url(AUDIO_DIR)}  metadata: {storage.url(METADATA_DIR)}  run record: {storage.url(RUN_FILE)}")
+        return summary

@@ -17,7 +17,8 @@ from ..audio.encode import FILE_EXTENSIONS, encode_audio
 from ..audio.qc import check_audio, sanitize
 from ..model.request import GenerationRequest
 from ..storage import Storage
-from .plan import AUDIO_DIR, METADATA_DIR
+from ..audio.postprocess import LoopFields, LoopOptions, encode_loop, process_loop
+from .plan import AUDIO_DIR, METADATA_DIR, QC_DIR, REJECTED_DIR
 
 
 @dataclass
@@ -25,6 +26,7 @@ class OutputOptions:
     uri: str
     storage_options: dict[str, Any]
     bit_depth: str = "24"
+    loops: LoopOptions | None = None  # post-process every output as a loop (submit --loops)
 
 
 # Facts the replica reports per output (see replica._render_facts), written as metadata columns.
@@ -53,6 +55,15 @@ METADATA_TYPES: dict[str, pa.DataType] = {
     "lora_resolved": pa.string(), "lora_sha256": pa.string(), "lora_scale": pa.float64(),
     "src_audio_sha256": pa.string(), "src_audio_seconds": pa.float64(), "ref_audio_sha256": pa.string(),
     "ref_audio_seconds": pa.float64(), "replica_lora_loads": pa.int64(),
+    # loops (submit --loops): the cut, loudness and QC of the final file, and the attempts behind it
+    "loop_samples": pa.int64(), "loop_seconds": pa.float64(), "loop_crossfade_samples": pa.int64(),
+    "loudness_mode": pa.string(), "loudness_gain_db": pa.float64(), "lufs_before": pa.float64(),
+    "true_peak_before_dbtp": pa.float64(), "loudness_limited_by_ceiling": pa.bool_(),
+    "qc_nan": pa.bool_(), "qc_silence_ratio": pa.float64(), "qc_clipped_ratio": pa.float64(),
+    "qc_dc_offset": pa.float64(), "qc_lufs": pa.float64(), "qc_true_peak_dbtp": pa.float64(),
+    "qc_bpm_estimated": pa.float64(), "qc_bpm_ok": pa.bool_(), "qc_key_estimated": pa.string(),
+    "qc_key_ok": pa.bool_(), "qc_seam": pa.float64(), "qc_seam_ok": pa.bool_(), "qc_problems": pa.string(),
+    "attempts": pa.int64(), "attempt_seeds": pa.string(),
 }
 
 
@@ -64,6 +75,11 @@ def metadata_table(rows: list[dict[str, Any]]) -> pa.Table:
         if wanted is not None and table.schema.field(index).type != wanted:
             table = table.set_column(index, name, table.column(index).cast(wanted))
     return table
+
+
+def _qc_history(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("output_id", "id", "attempts", "seed", "status", "created_at")
+    return {**{key: row.get(key) for key in keys}, **{k: v for k, v in row.items() if k.startswith("qc_")}}
 
 
 def audio_name(output_id: str, fmt: str) -> str:
@@ -80,9 +96,13 @@ class AudioWriter:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         rows = [self._write_one(batch, index) for index in range(len(batch["spec"]))]
         rows = [row for row in rows if row is not None]
-        if rows:
+        history = [_qc_history(row) for row in rows if row.get("qc_problems")]
+        if history:  # every failed QC attempt, also those that will be re-rendered
+            self.storage.write_parquet(f"{QC_DIR}/attempts-{uuid.uuid4().hex}.parquet", metadata_table(history))
+        final = [row for row in rows if row["status"] != "retry"]
+        if final:
             # Audio files are committed first; this metadata file then commits the batch.
-            self.storage.write_parquet(f"{METADATA_DIR}/part-{uuid.uuid4().hex}.parquet", metadata_table(rows))
+            self.storage.write_parquet(f"{METADATA_DIR}/part-{uuid.uuid4().hex}.parquet", metadata_table(final))
         summary_keys = ("output_id", "status", "error", "audio_seconds", "generate_s")
         return {key: [row[key] for row in rows] for key in summary_keys}
 
@@ -109,10 +129,54 @@ class AudioWriter:
         }
         facts = json.loads(batch["info"][index]) if "info" in batch else {}
         row.update({column: facts.get(column) for column in RENDER_FACT_COLUMNS})
-        if status == "ok":
+        if status == "ok" and self.options.loops is not None:
+            self._store_loop(row, batch, index, spec, fmt, bit_depth, sample_rate, self.options.loops)
+        elif status == "ok":
             self._encode_and_store(row, batch, index, spec, fmt, bit_depth, sample_rate)
         row.update({key: value for key, value in spec["extra"].items() if key not in row})
         return row
+
+    def _store_loop(self, row, batch, index, spec, fmt, bit_depth, sample_rate, loops: LoopOptions) -> None:
+        """Cut/normalise/QC one loop; a QC failure asks for a re-render ("retry") while attempts
+        remain, and is stored under rejected/ with its reasons on the last one."""
+        import time
+
+        started = time.perf_counter()
+        attempt, base_seed = int(spec.get("attempt", 1)), int(spec.get("base_seed", spec["request"]["seed"]))
+        from ..audio.postprocess import retry_seed
+
+        row.update(attempts=attempt, attempt_seeds=",".join(str(retry_seed(base_seed, k)) for k in range(1, attempt + 1)))
+        wave = np.frombuffer(batch["audio"][index], dtype=np.float32).reshape(int(batch["channels"][index]), -1)
+        try:
+            fields = LoopFields.from_extra(spec["extra"])
+            result = process_loop(np.nan_to_num(wave), sample_rate, fields, loops)
+        except ValueError as error:  # e.g. a render too short to cut (validated up front, so rare)
+            row.update(status="failed", error=f"loop post-processing failed: {error}")
+            return
+        row.update(result.columns)
+        if not np.isfinite(wave).all():
+            result.qc.problems.insert(0, "the render has NaN/Inf samples")
+            row["qc_problems"] = "; ".join(result.qc.problems)
+        folder = AUDIO_DIR
+        if result.qc.problems:
+            if attempt < loops.max_attempts:
+                row.update(status="retry", error="; ".join(result.qc.problems))
+                return
+            folder = REJECTED_DIR
+            row.update(status="rejected",
+                       error=f"quality check failed on all {attempt} attempt(s): " + "; ".join(result.qc.problems))
+        report = check_audio(result.audio)
+        frames = result.audio.shape[-1]
+        row.update(channels=result.audio.shape[0], num_samples=frames, audio_seconds=frames / sample_rate,
+                   peak_dbfs=report.peak_dbfs, rms_dbfs=report.rms_dbfs, clipped_samples=report.clipped_samples)
+        try:
+            data = encode_loop(result.audio, sample_rate, fields, fmt, bit_depth, seed=int(spec["request"]["seed"]))
+            name = f"{folder}/{audio_name(spec['output_id'], fmt)}"
+            self.storage.write_bytes(name, data)
+        except Exception as error:  # one output's encode/write failure must not stop the job
+            row.update(status="failed", error=f"encode/write failed: {type(error).__name__}: {error}")
+            return
+        row.update(audio_uri=self.storage.url(name), encode_s=time.perf_counter() - started)
 
     def _encode_and_store(self, row, batch, index, spec, fmt, bit_depth, sample_rate) -> None:
         import time
