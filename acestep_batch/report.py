@@ -286,7 +286,7 @@ def histogram_items(values: list[float], bins: int = HISTOGRAM_BINS) -> list[tup
     if finite.size == 0:
         return []
     low, high = float(finite.min()), float(finite.max())
-    if low == high:
+    if low == high or format_value(low) == format_value(high):  # e.g. every loop at -14 LUFS
         return [(format_value(low), int(finite.size))]
     counts, edges = np.histogram(finite, bins=bins, range=(low, high))
     return [(f"{format_value(edges[i])}\u2013{format_value(edges[i + 1])}", int(counts[i])) for i in range(bins)]

@@ -97,7 +97,7 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, revision: str | None = Non
         hint = (
             "HF_HUB_OFFLINE is set and the snapshot is not in the cache (HF_HOME / HF_HUB_CACHE)"
             if offline
-            else "download it first (huggingface-cli download) or pass a local folder"
+            else "download it first (`hf download ACE-Step/ACE-Step-v1-3.5B`, or `huggingface-cli download` with older huggingface_hub) or pass a local folder"
         )
         raise CheckpointError(f"cannot resolve Hub checkpoint {text!r} (revision {revision or 'main'}): {hint}. Cause: {error}") from error
     missing = _missing_components(snapshot)
