@@ -142,7 +142,13 @@ def _replica_layout(config: JobConfig) -> tuple[int, float]:
     else:
         replicas = 1
     if gpus * replicas > cluster_gpus + 1e-9:
-        raise ValueError(f"{replicas} replicas x {gpus} GPU need {gpus * replicas:g} GPUs; the cluster has {cluster_gpus:g}")
+        explicit = config.replicas is not None and config.gpus_per_replica is not None
+        if not (explicit and config.address):  # only a real cluster can grow (autoscaling GPU groups)
+            raise ValueError(f"{replicas} replicas x {gpus} GPU need {gpus * replicas:g} GPUs; "
+                             f"the cluster has {cluster_gpus:g}")
+        logging.getLogger(__name__).warning(
+            "%d replicas x %g GPU need %g GPUs and the cluster has %g now: the replicas start as the "
+            "autoscaler adds GPU nodes", replicas, gpus, gpus * replicas, cluster_gpus)
     return replicas, gpus
 
 
