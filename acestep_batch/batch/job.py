@@ -125,7 +125,8 @@ def _start_ray(config: JobConfig, replicas_hint: int) -> bool:
         ray.init(address=config.address, log_to_driver=True, **quiet)
         return True
     cpus = config.local_num_cpus or max(os.cpu_count() or 1, math.ceil(replicas_hint * config.cpus_per_replica) + 1)
-    ray.init(num_cpus=cpus, num_gpus=config.local_num_gpus, include_dashboard=config.dashboard,
+    # address="local": never join another Ray instance found on this host (RAY_ADDRESS, `ray start`)
+    ray.init(address="local", num_cpus=cpus, num_gpus=config.local_num_gpus, include_dashboard=config.dashboard,
              dashboard_host="127.0.0.1", log_to_driver=True, **quiet)
     return True
 
@@ -238,13 +239,16 @@ def _execute(config, storage, batches, formats, pending, skipped, total, started
     (one more Ray Data pass per attempt) until they pass or `max_attempts` is spent."""
     from .progress import JobProgress
 
+    import uuid
+
     by_id = {spec.output_id: spec for spec in specs}
+    run_id = uuid.uuid4().hex[:12]  # names this invocation's metadata parts (a retried writer task overwrites its own)
     tally = _Tally()
     attempts: dict[str, tuple[int, int]] = {}
     with JobProgress(pending, enabled=config.show_progress) as progress:
         while batches:
             retry = []
-            for row in _render_pass(config, storage, batches, formats, attempts, echo).iter_rows():
+            for row in _render_pass(config, storage, batches, formats, attempts, echo, run_id).iter_rows():
                 if row["status"] == "retry":
                     retry.append(row["output_id"])
                     continue
@@ -266,11 +270,11 @@ def _execute(config, storage, batches, formats, pending, skipped, total, started
     return tally.summary(storage, total, skipped, started, echo)
 
 
-def _render_pass(config, storage, batches, formats, attempts, echo) -> Any:
+def _render_pass(config, storage, batches, formats, attempts, echo, run_id: str) -> Any:
     import ray
 
     output_options = OutputOptions(uri=config.output, storage_options=config.storage_options, bit_depth=config.bit_depth,
-                                   loops=config.loops)
+                                   loops=config.loops, run_id=run_id)
     dataset = ray.data.from_items(batch_rows(batches, formats, attempts), override_num_blocks=len(batches))
     if config.via_serve:
         from .serve_stage import ServeRenderCaller

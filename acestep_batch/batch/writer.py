@@ -27,6 +27,7 @@ class OutputOptions:
     storage_options: dict[str, Any]
     bit_depth: str = "24"
     loops: LoopOptions | None = None  # post-process every output as a loop (submit --loops)
+    run_id: str = ""  # this submit's id: metadata part names derive from it and the outputs they commit
 
 
 # Facts the replica reports per output (see replica._render_facts), written as metadata columns.
@@ -96,15 +97,26 @@ class AudioWriter:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         rows = [self._write_one(batch, index) for index in range(len(batch["spec"]))]
         rows = [row for row in rows if row is not None]
+        # Part names are a function of this run and of what they commit, so a writer task that Ray
+        # retries (its actor died after the write) overwrites its own part instead of adding a twin.
+        name = self._part_name(rows)
         history = [_qc_history(row) for row in rows if row.get("qc_problems")]
         if history:  # every failed QC attempt, also those that will be re-rendered
-            self.storage.write_parquet(f"{QC_DIR}/attempts-{uuid.uuid4().hex}.parquet", metadata_table(history))
+            self.storage.write_parquet(f"{QC_DIR}/attempts-{name}.parquet", metadata_table(history))
         final = [row for row in rows if row["status"] != "retry"]
         if final:
             # Audio files are committed first; this metadata file then commits the batch.
-            self.storage.write_parquet(f"{METADATA_DIR}/part-{uuid.uuid4().hex}.parquet", metadata_table(final))
+            self.storage.write_parquet(f"{METADATA_DIR}/part-{name}.parquet", metadata_table(final))
         summary_keys = ("output_id", "status", "error", "audio_seconds", "generate_s")
         return {key: [row[key] for row in rows] for key in summary_keys}
+
+    def _part_name(self, rows: list[dict[str, Any]]) -> str:
+        if not self.options.run_id:
+            return uuid.uuid4().hex
+        import hashlib
+
+        outputs = "|".join(sorted(f"{row['output_id']}@{row.get('attempts') or 1}" for row in rows))
+        return f"{self.options.run_id}-{hashlib.sha256(outputs.encode()).hexdigest()[:16]}"
 
     def _write_one(self, batch: dict[str, np.ndarray], index: int) -> dict[str, Any] | None:
         spec = json.loads(batch["spec"][index])

@@ -18,8 +18,9 @@ CLI = [sys.executable, "-m", "acestep_batch.cli"]
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def submit(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, "submit", *args, "--no-progress"], capture_output=True, text=True, env=ENV, timeout=timeout)
+def submit(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "submit", *args, "--no-progress"], capture_output=True, text=True, env=env or ENV,
+                          timeout=timeout)
 
 
 GOOD = {"id": "ok-1", "prompt": "lo-fi piano", "duration": 2.0, "seed": 1, "steps": 3}
@@ -76,18 +77,24 @@ def _free_port() -> int:
 
 
 def test_submit_to_a_running_cluster_with_address_auto(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    from test_fault_tolerance import kill_ray_processes
+
     ray_bin = Path(sys.executable).with_name("ray")
     port = _free_port()
+    # Its own temp dir, so that cleanup kills exactly this cluster (`ray stop` would stop every Ray on the host).
+    temp_dir = Path(f"/tmp/ray-cli-{os.getpid()}-{port}")
     start = subprocess.run(
         [str(ray_bin), "start", "--head", f"--port={port}", "--num-cpus=3", "--num-gpus=1", "--include-dashboard=false",
-         "--disable-usage-stats"],
+         "--disable-usage-stats", f"--temp-dir={temp_dir}"],
         capture_output=True, text=True, env=ENV, timeout=180,
     )
     assert start.returncode == 0, start.stderr
     try:
         manifest = write_manifest(tmp_path / "m.parquet", MIXED_ROWS[:2])
         out = tmp_path / "out"
-        result = submit(manifest, "--output", str(out), "--checkpoint", str(tiny_checkpoint), "--address", "auto")
+        # "auto" resolves through RAY_ADDRESS (what `ray start` prints for drivers on other shells too)
+        result = submit(manifest, "--output", str(out), "--checkpoint", str(tiny_checkpoint), "--address", "auto",
+                        env={**ENV, "RAY_ADDRESS": f"127.0.0.1:{port}"})
         assert result.returncode == 0, result.stdout + result.stderr
         assert "2 generated, 0 skipped, 0 failed" in result.stdout
         assert "1 replica(s) x 1 GPU" in result.stdout  # the cluster's GPU was found and used
@@ -96,4 +103,5 @@ def test_submit_to_a_running_cluster_with_address_auto(tmp_path: Path, tiny_chec
         status = subprocess.run([*CLI, "status", str(out)], capture_output=True, text=True, env=ENV)
         assert status.returncode == 0 and "2 done, 0 failed, 0 pending" in status.stdout
     finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, env=ENV, timeout=120)
+        kill_ray_processes(str(temp_dir))
+        subprocess.run(["rm", "-rf", str(temp_dir)], check=False)
