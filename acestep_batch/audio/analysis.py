@@ -35,6 +35,8 @@ import scipy.fft
 import scipy.ndimage
 import scipy.signal
 
+from .qc import as_2d
+
 PITCH_CLASSES: tuple[str, ...] = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 MODES: tuple[str, ...] = ("major", "minor")
 
@@ -72,18 +74,9 @@ KEY_SCORE_MARGIN = 0.1
 # helpers
 
 
-def _as_2d(audio: np.ndarray) -> np.ndarray:
-    arr = np.asarray(audio)
-    if arr.ndim == 1:
-        arr = arr[np.newaxis, :]
-    if arr.ndim != 2:
-        raise ValueError(f"audio must be (channels, frames) or (frames,), got shape {arr.shape}")
-    return arr
-
-
 def _mono(audio: np.ndarray) -> np.ndarray:
     """float64 mono mix with non-finite samples zeroed (estimators never see NaN)."""
-    arr = _as_2d(audio)
+    arr = as_2d(audio)
     mono = arr.mean(axis=0, dtype=np.float64) if arr.shape[0] > 1 else arr[0].astype(np.float64)
     mono[~np.isfinite(mono)] = 0.0
     return mono
@@ -509,7 +502,7 @@ def seam_discontinuity(audio: np.ndarray, context: int = 441) -> float:
     the hundreds, a cut mid-period in the tens. Compare with `SEAM_CLICK_THRESHOLD`.
     Non-finite samples count as 0. Cost: O(n), ~25 ms per channel for 10 s at 44.1 kHz.
     """
-    arr = _as_2d(audio).astype(np.float64, copy=False)
+    arr = as_2d(audio).astype(np.float64, copy=False)
     n = arr.shape[1]
     if n < 16:
         return 0.0
@@ -603,7 +596,7 @@ def silence_ratio(audio: np.ndarray, sample_rate: int, silence_dbfs: float = -60
     dBFS here is 20*log10(RMS) with full scale 1.0 (a full-scale sine is -3 dBFS). A trailing
     partial frame counts as a frame; audio shorter than one frame is one frame.
     """
-    arr = _as_2d(audio).astype(np.float64, copy=False)
+    arr = as_2d(audio).astype(np.float64, copy=False)
     n = arr.shape[1]
     if n == 0:
         return 1.0
@@ -647,7 +640,7 @@ def qc_loop(
     The tempo is searched in 60-200 BPM (widened to include a requested tempo outside it).
     Raises ValueError for a `key` that `parse_key` cannot read.
     """
-    arr = _as_2d(audio)
+    arr = as_2d(audio)
     t = thresholds
     key = key or None  # "" = no key (drum loops)
     if key is not None:

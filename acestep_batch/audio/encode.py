@@ -57,7 +57,7 @@ def _subtype(fmt: str, bit_depth: str) -> str:
     return subtype
 
 
-def _channel_first(wave: np.ndarray) -> np.ndarray:
+def channel_first(wave: np.ndarray) -> np.ndarray:
     """Validate `wave` and return it as float32 (channels, samples)."""
     arr = as_2d(wave)
     if not 1 <= arr.shape[0] <= MAX_CHANNELS:
@@ -66,7 +66,7 @@ def _channel_first(wave: np.ndarray) -> np.ndarray:
             f"(channels, samples) with 1..{MAX_CHANNELS} channels - is it (samples, channels)?"
         )
     if arr.shape[1] == 0:
-        raise ValueError("wave has no samples")
+        raise ValueError("wave has no samples (no frames)")
     if not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"wave must be floating point in [-1, 1], got dtype {arr.dtype}")
     arr = arr.astype(np.float32, copy=False)
@@ -99,7 +99,7 @@ def encode_audio(
     if int(sample_rate) != sample_rate or sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
     sample_rate = int(sample_rate)
-    arr = _channel_first(wave)
+    arr = channel_first(wave)
     if subtype != "FLOAT":
         arr = np.clip(arr, -1.0, 1.0)
     frames = np.ascontiguousarray(arr.T)  # soundfile wants (samples, channels)

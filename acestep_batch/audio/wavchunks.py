@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .encode import MAX_CHANNELS
+from .encode import channel_first
 from .loudness import tpdf_dither
 
 WAV_BIT_DEPTHS = (16, 24)
@@ -201,24 +201,6 @@ def smpl_body(loop: LoopMetadata, sample_rate: int, frames: int) -> bytes:
     return header + b"".join(_SMPL_LOOP.pack(*entry) for entry in loops)
 
 
-def _validate_audio(audio: np.ndarray) -> np.ndarray:
-    arr = np.asarray(audio)
-    if arr.ndim == 1:
-        arr = arr[np.newaxis, :]
-    if arr.ndim != 2 or not 1 <= arr.shape[0] <= MAX_CHANNELS:
-        raise ValueError(
-            f"audio must be (channels, frames) with 1..{MAX_CHANNELS} channels, got shape "
-            f"{np.asarray(audio).shape} - is it (frames, channels)?"
-        )
-    if arr.shape[1] == 0:
-        raise ValueError("audio has no frames")
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(f"audio must be floating point in [-1, 1], got dtype {arr.dtype}")
-    if not np.isfinite(arr).all():
-        raise ValueError("audio contains NaN/Inf samples; zero them first (audio.qc.sanitize)")
-    return arr.astype(np.float64)
-
-
 def encode_wav(
     audio: np.ndarray,
     sample_rate: int,
@@ -237,7 +219,7 @@ def encode_wav(
     if int(sample_rate) != sample_rate or not 0 < sample_rate < 2**32:
         raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
     bits, sample_rate = int(bit_depth), int(sample_rate)
-    arr = np.clip(_validate_audio(audio), -1.0, 1.0)
+    arr = np.clip(channel_first(audio).astype(np.float64), -1.0, 1.0)  # validated like every encoder
     channels, frames = arr.shape
     if bits == 16 and dither_seed is not None:
         arr = tpdf_dither(arr, 16, dither_seed)

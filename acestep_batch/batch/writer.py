@@ -78,6 +78,15 @@ def metadata_table(rows: list[dict[str, Any]]) -> pa.Table:
     return table
 
 
+def _record_levels(row: dict[str, Any], wave: np.ndarray, sample_rate: int) -> Any:
+    """Geometry and levels of the audio being written, into its metadata row."""
+    report = check_audio(wave)
+    frames = wave.shape[-1]
+    row.update(channels=wave.shape[0], num_samples=frames, audio_seconds=frames / sample_rate,
+               peak_dbfs=report.peak_dbfs, rms_dbfs=report.rms_dbfs, clipped_samples=report.clipped_samples)
+    return report
+
+
 def _qc_history(row: dict[str, Any]) -> dict[str, Any]:
     keys = ("output_id", "id", "attempts", "seed", "status", "created_at")
     return {**{key: row.get(key) for key in keys}, **{k: v for k, v in row.items() if k.startswith("qc_")}}
@@ -177,18 +186,10 @@ class AudioWriter:
             folder = REJECTED_DIR
             row.update(status="rejected",
                        error=f"quality check failed on all {attempt} attempt(s): " + "; ".join(result.qc.problems))
-        report = check_audio(result.audio)
-        frames = result.audio.shape[-1]
-        row.update(channels=result.audio.shape[0], num_samples=frames, audio_seconds=frames / sample_rate,
-                   peak_dbfs=report.peak_dbfs, rms_dbfs=report.rms_dbfs, clipped_samples=report.clipped_samples)
-        try:
-            data = encode_loop(result.audio, sample_rate, fields, fmt, bit_depth, seed=int(spec["request"]["seed"]))
-            name = f"{folder}/{audio_name(spec['output_id'], fmt)}"
-            self.storage.write_bytes(name, data)
-        except Exception as error:  # one output's encode/write failure must not stop the job
-            row.update(status="failed", error=f"encode/write failed: {type(error).__name__}: {error}")
-            return
-        row.update(audio_uri=self.storage.url(name), encode_s=time.perf_counter() - started)
+        _record_levels(row, result.audio, sample_rate)
+        seed = int(spec["request"]["seed"])
+        self._store(row, f"{folder}/{audio_name(spec['output_id'], fmt)}", started,
+                    lambda: encode_loop(result.audio, sample_rate, fields, fmt, bit_depth, seed=seed))
 
     def _encode_and_store(self, row, batch, index, spec, fmt, bit_depth, sample_rate) -> None:
         import time
@@ -196,18 +197,19 @@ class AudioWriter:
         started = time.perf_counter()
         channels, frames = int(batch["channels"][index]), int(batch["frames"][index])
         wave = np.frombuffer(batch["audio"][index], dtype=np.float32).reshape(channels, frames)
-        report = check_audio(wave)
-        row.update(
-            channels=channels, num_samples=frames, audio_seconds=frames / sample_rate,
-            peak_dbfs=report.peak_dbfs, rms_dbfs=report.rms_dbfs, clipped_samples=report.clipped_samples,
-        )
+        report = _record_levels(row, wave, sample_rate)
         if not report.ok:
             row.update(status="failed", error="quality check failed: " + "; ".join(report.problems))
             return
+        self._store(row, f"{AUDIO_DIR}/{audio_name(spec['output_id'], fmt)}", started,
+                    lambda: encode_audio(sanitize(wave), sample_rate, fmt, bit_depth))
+
+    def _store(self, row: dict[str, Any], name: str, started: float, encode: Any) -> None:
+        """Encode and write one file atomically; a failure marks only this output failed."""
+        import time
+
         try:
-            data = encode_audio(sanitize(wave), sample_rate, fmt, bit_depth)
-            name = f"{AUDIO_DIR}/{audio_name(spec['output_id'], fmt)}"
-            self.storage.write_bytes(name, data)
+            self.storage.write_bytes(name, encode())
         except Exception as error:  # one output's encode/write failure must not stop the job
             row.update(status="failed", error=f"encode/write failed: {type(error).__name__}: {error}")
             return
