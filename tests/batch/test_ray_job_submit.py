@@ -125,3 +125,68 @@ def test_ray_job_submit_of_both_entrypoints_to_a_local_head_node(tmp_path: Path,
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert leftovers, "the cleanup found none of the head node's processes (the RAY_TMPDIR marker is broken)"
     assert not survivors, f"head node processes survived SIGKILL for 30 s: {survivors}"
+
+
+def test_serve_deploy_of_the_cluster_config_answers(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """`serve deploy cluster/serve-config.yaml` (made local: the tiny checkpoint, no GPU, one
+    replica, a free HTTP port) on a `ray start --head` node, then a real /v1/generate request."""
+    import io
+
+    import requests
+    import yaml
+
+    temp_dir = tempfile.mkdtemp(prefix="sdp-", dir="/tmp")
+    gcs, dashboard, client_server, agent_http, agent_grpc, runtime_env_agent, metrics, http = _free_ports(8)
+    address = f"http://127.0.0.1:{dashboard}"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_TMPDIR": temp_dir}
+    env.pop("RAY_ADDRESS", None)
+    config = yaml.safe_load((REPO / "cluster" / "serve-config.yaml").read_text())
+    config["http_options"] = {"host": "127.0.0.1", "port": http}
+    app = config["applications"][0]
+    app.pop("runtime_env", None)  # the cluster's Hub cache volume does not exist here
+    for key in ("autoscale", "api_key_env"):
+        app["args"].pop(key, None)
+    app["args"].update(checkpoint=str(tiny_checkpoint), dtype="float32", num_gpus=0.0, num_cpus=0.5, replicas=1,
+                       output=str(tmp_path / "online"), allow_input_prefixes=[])
+    local_config = tmp_path / "serve-config.yaml"
+    local_config.write_text(yaml.safe_dump(config))
+    leftovers: dict[int, str] = {}
+    try:
+        start = subprocess.run(
+            [str(VENV_BIN / "ray"), "start", "--head", "--num-cpus=3", "--num-gpus=0", f"--port={gcs}",
+             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+             f"--ray-client-server-port={client_server}", f"--dashboard-agent-listen-port={agent_http}",
+             f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env_agent}",
+             f"--metrics-export-port={metrics}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180,
+        )
+        assert start.returncode == 0, start.stdout + start.stderr
+        wait_for(lambda: _dashboard_up(address), 90, f"the dashboard at {address}", interval=0.5)
+        deployed = subprocess.run([str(VENV_BIN / "serve"), "deploy", str(local_config), "--address", address],
+                                  capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180)
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        base = f"http://127.0.0.1:{http}"
+
+        def healthy() -> bool:
+            try:
+                return requests.get(f"{base}/v1/health", timeout=5).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for(healthy, 240, f"the deployed app at {base}/v1/health", interval=1.0)
+        answer = requests.post(f"{base}/v1/generate", json={"prompt": "lo-fi piano", "duration": 1.0, "steps": 2,
+                                                            "seed": 3}, timeout=120)
+        assert answer.status_code == 200, answer.text
+        wave, rate = sf.read(io.BytesIO(answer.content), always_2d=True)
+        assert rate == 44100 and wave.shape == (frames_for(1.0), 2) and answer.headers["X-Seed"] == "3"
+        models = requests.get(f"{base}/v1/models", timeout=30).json()
+        assert models["checkpoint"] == str(tiny_checkpoint) and models["replicas"]["num_replicas"] == 1
+    finally:
+        leftovers = kill_ray_processes(temp_dir)
+        deadline = time.monotonic() + 30
+        while ray_processes(temp_dir) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        survivors = kill_ray_processes(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert leftovers and not survivors, survivors
