@@ -9,7 +9,10 @@ Renders the same N rows twice, side by side in one run, on the tiny checkpoint:
      load are inside both timings).
 The ratio submit / plain loop is the overhead; the goal is <= 1.10 for 64+ rows.
 
-    .venv/bin/python benchmarks/orchestration_overhead.py [--rows 64] [--json out.json]
+    .venv/bin/python benchmarks/orchestration_overhead.py [--rows 64] [--repeats 1] [--json out.json]
+
+On a shared machine use `--repeats 3`: the pairs are interleaved (order alternating) and the
+median ratio is reported.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray starts its worker processes at nice 15, so within this job's scheduling group a replica
+# yields to the driver and Ray's daemons (and, where the kernel has no autogroup, to every other
+# process on the machine), while the plain-loop baseline runs at nice 0. Run them at the default
+# priority so that the comparison differs only in orchestration. Set RAY_worker_niceness to override.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 def _manifest(path: Path, rows: int, steps: int, duration: float) -> str:
@@ -97,6 +105,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of audio per row")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="torch threads in both runs (one replica)")
+    parser.add_argument("--repeats", type=int, default=1, help="plain/submit pairs, interleaved; median ratio")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -111,15 +120,31 @@ def main() -> None:
         manifest = _manifest(root / "m.parquet", args.rows, args.steps, args.duration)
         ray.init(num_cpus=max(os.cpu_count() or 1, threads + 1), include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
+        plains, submits = [], []
         try:
-            plain = _plain_loop_process(manifest, checkpoint, str(root / "plain"), args.batch_size, threads)
-            submit = with_submit(manifest, checkpoint, str(root / "submit"), args.batch_size, threads)
+            for repeat in range(args.repeats):
+                pair = ("plain", "submit") if repeat % 2 == 0 else ("submit", "plain")
+                for kind in pair:
+                    if kind == "plain":
+                        plains.append(_plain_loop_process(manifest, checkpoint, str(root / f"plain-{repeat}"),
+                                                          args.batch_size, threads))
+                    else:
+                        submits.append(with_submit(manifest, checkpoint, str(root / f"submit-{repeat}"),
+                                                   args.batch_size, threads))
         finally:
             ray.shutdown()
+    import statistics
+
+    ratios = [s / p for s, p in zip(submits, plains)]
+    plain, submit, ratio = statistics.median(plains), statistics.median(submits), statistics.median(ratios)
     result = {"rows": args.rows, "steps": args.steps, "duration": args.duration, "batch_size": args.batch_size, "threads": threads,
-              "plain_loop_s": plain, "submit_s": submit, "overhead_ratio": submit / plain, "goal": 1.10}
-    print(f"{args.rows} rows: plain loop {plain:.1f} s, submit {submit:.1f} s -> ratio {submit / plain:.3f} (goal <= 1.10)")
+              "repeats": args.repeats, "plain_loop_s": plain, "submit_s": submit, "overhead_ratio": ratio,
+              "plain_loop_s_all": plains, "submit_s_all": submits, "ratios_all": ratios, "goal": 1.10}
+    print(f"{args.rows} rows: plain loop {plain:.1f} s, submit {submit:.1f} s -> ratio {ratio:.3f} (goal <= 1.10)"
+          + (f"; medians of {args.repeats} interleaved pairs, ratios {', '.join(f'{r:.2f}' for r in ratios)}"
+             if args.repeats > 1 else ""))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
 
 

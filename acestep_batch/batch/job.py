@@ -306,7 +306,10 @@ def _replica_stage(config: JobConfig, dataset: Any, batch_count: int, storage: S
     echo(f"rendering on {replicas} replica(s) x {gpus:g} GPU, batch size {config.batch_size}; output {storage.url()}")
     return dataset.map_batches(
         AceStepReplica, fn_constructor_kwargs={"config": replica_config}, batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=replicas), num_gpus=gpus, num_cpus=config.cpus_per_replica,
+        # one planned batch in flight per replica: batches are seconds long, and a second queued
+        # batch would leave other replicas idle at the end of a job (measured in benchmarks/scaling.py)
+        compute=ray.data.ActorPoolStrategy(size=replicas, max_tasks_in_flight_per_actor=1), num_gpus=gpus,
+        num_cpus=config.cpus_per_replica,
     )
 
 
