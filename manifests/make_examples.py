@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from acestep_batch.audio.loops import render_seconds
 
 HERE = Path(__file__).resolve().parent
 
@@ -144,8 +147,9 @@ def _loop_rows() -> list[dict[str, Any]]:
             {
                 "id": f"{category}-{genre.replace(' ', '')}-{bpm}-{number:02d}",
                 "prompt": f"{genre} {category} loop, {description}, {bpm} bpm{tonal}, loopable",
-                # Four beats to the bar: the loop is exactly `bars` bars long at this tempo.
-                "duration": round(bars * 4 * 60 / bpm, 4),
+                # Four beats to the bar; rendered a little longer than the loop so that
+                # `submit --loops` can cut exactly `bars` bars plus its crossfade from it.
+                "duration": math.ceil(render_seconds(bpm, bars, 4) * 100) / 100,
                 "variations": 4,
                 "category": category,
                 "genre": genre,
