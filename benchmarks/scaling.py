@@ -48,20 +48,11 @@ HERE = Path(__file__).resolve().parent
 
 
 def _manifest(path: Path, rows: int, steps: int, duration: float) -> str:
-    """Heterogeneous rows: four prompts, a third with English lyrics, durations `duration` + 0..0.75 s."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """The orchestration benchmark's heterogeneous rows (one definition for both benchmarks)."""
+    sys.path.insert(0, str(HERE))
+    from orchestration_overhead import _manifest as orchestration_manifest
 
-    prompts = ["techno drum loop", "lo-fi piano", "ambient pad", "funk bass line"]
-    pq.write_table(pa.table({
-        "id": [f"row-{i:04d}" for i in range(rows)],
-        "prompt": [prompts[i % 4] for i in range(rows)],
-        "lyrics": ["[verse]\nhello world" if i % 3 == 0 else "" for i in range(rows)],
-        "duration": [duration + 0.25 * (i % 4) for i in range(rows)],
-        "seed": list(range(rows)),
-        "steps": [steps] * rows,
-    }), path)
-    return str(path)
+    return orchestration_manifest(path, rows, steps, duration)
 
 
 def _title(proc) -> str:

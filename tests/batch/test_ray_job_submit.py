@@ -53,29 +53,48 @@ def _dashboard_up(url: str) -> bool:
         return False
 
 
+def _start_head(tmp_path: Path, temp_dir: str, extra_ports: int = 0) -> tuple[str, dict[str, str], list[int]]:
+    """`ray start --head` with the dashboard (Jobs/Serve REST APIs) on free ports, in `temp_dir`;
+    returns the dashboard address, the environment for its CLIs, and `extra_ports` more free ports.
+    RAY_TMPDIR marks every process of this cluster (daemons, workers and job drivers inherit it)."""
+    gcs, dashboard, client_server, agent_http, agent_grpc, runtime_env_agent, metrics, *extra = _free_ports(7 + extra_ports)
+    address = f"http://127.0.0.1:{dashboard}"
+    # As from an activated venv: `python` on the cluster is this venv's.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_TMPDIR": temp_dir}
+    env.pop("RAY_ADDRESS", None)
+    start = subprocess.run(
+        [str(VENV_BIN / "ray"), "start", "--head", "--num-cpus=3", "--num-gpus=0", f"--port={gcs}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         f"--ray-client-server-port={client_server}", f"--dashboard-agent-listen-port={agent_http}",
+         f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env_agent}",
+         f"--metrics-export-port={metrics}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180,
+    )
+    assert start.returncode == 0, start.stdout + start.stderr
+    wait_for(lambda: _dashboard_up(address), 90, f"the dashboard at {address}", interval=0.5)
+    return address, env, extra
+
+
+def _stop_head(temp_dir: str) -> tuple[dict[int, str], dict[int, str]]:
+    """Kill exactly this head node's processes; returns (found, survivors after 30 s)."""
+    leftovers = kill_ray_processes(temp_dir)
+    deadline = time.monotonic() + 30
+    while ray_processes(temp_dir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    survivors = kill_ray_processes(temp_dir)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    return leftovers, survivors
+
+
 def test_ray_job_submit_of_both_entrypoints_to_a_local_head_node(tmp_path: Path, tiny_checkpoint: Path) -> None:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     temp_dir = tempfile.mkdtemp(prefix="rjs-", dir="/tmp")
-    gcs, dashboard, client_server, agent_http, agent_grpc, runtime_env_agent, metrics = _free_ports(7)
-    address = f"http://127.0.0.1:{dashboard}"
-    # As from an activated venv: `python` on the cluster is this venv's; RAY_TMPDIR marks every
-    # process of this cluster (daemons, workers and job drivers inherit it) for the cleanup.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_TMPDIR": temp_dir}
-    env.pop("RAY_ADDRESS", None)
     manifest = write_manifest(tmp_path / "m.parquet", ROWS)
+    leftovers: dict[int, str] = {}
     try:
-        start = subprocess.run(
-            [str(VENV_BIN / "ray"), "start", "--head", "--num-cpus=3", "--num-gpus=0", f"--port={gcs}",
-             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-             f"--ray-client-server-port={client_server}", f"--dashboard-agent-listen-port={agent_http}",
-             f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env_agent}",
-             f"--metrics-export-port={metrics}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180,
-        )
-        assert start.returncode == 0, start.stdout + start.stderr
-        wait_for(lambda: _dashboard_up(address), 90, f"the Jobs API at {address}", interval=0.5)
+        address, env, _ = _start_head(tmp_path, temp_dir)
 
         client = JobSubmissionClient(address)
         # The RayJob-style entrypoint is submitted with --no-wait and runs alongside the other one,
@@ -117,12 +136,7 @@ def test_ray_job_submit_of_both_entrypoints_to_a_local_head_node(tmp_path: Path,
                 assert rate == 44100 and data.shape == (frames_for(row["duration"]), 2)
             assert json.loads((out / "run.json").read_text())["status"] == "finished"
     finally:
-        leftovers = kill_ray_processes(temp_dir)  # this head node's processes only
-        deadline = time.monotonic() + 30
-        while ray_processes(temp_dir) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        survivors = kill_ray_processes(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        leftovers, survivors = _stop_head(temp_dir)  # this head node's processes only
     assert leftovers, "the cleanup found none of the head node's processes (the RAY_TMPDIR marker is broken)"
     assert not survivors, f"head node processes survived SIGKILL for 30 s: {survivors}"
 
@@ -136,13 +150,7 @@ def test_serve_deploy_of_the_cluster_config_answers(tmp_path: Path, tiny_checkpo
     import yaml
 
     temp_dir = tempfile.mkdtemp(prefix="sdp-", dir="/tmp")
-    gcs, dashboard, client_server, agent_http, agent_grpc, runtime_env_agent, metrics, http = _free_ports(8)
-    address = f"http://127.0.0.1:{dashboard}"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_TMPDIR": temp_dir}
-    env.pop("RAY_ADDRESS", None)
     config = yaml.safe_load((REPO / "cluster" / "serve-config.yaml").read_text())
-    config["http_options"] = {"host": "127.0.0.1", "port": http}
     app = config["applications"][0]
     app.pop("runtime_env", None)  # the cluster's Hub cache volume does not exist here
     for key in ("autoscale", "api_key_env"):
@@ -150,22 +158,21 @@ def test_serve_deploy_of_the_cluster_config_answers(tmp_path: Path, tiny_checkpo
     app["args"].update(checkpoint=str(tiny_checkpoint), dtype="float32", num_gpus=0.0, num_cpus=0.5, replicas=1,
                        output=str(tmp_path / "online"), allow_input_prefixes=[])
     local_config = tmp_path / "serve-config.yaml"
-    local_config.write_text(yaml.safe_dump(config))
     leftovers: dict[int, str] = {}
+    survivors: dict[int, str] = {}
     try:
-        start = subprocess.run(
-            [str(VENV_BIN / "ray"), "start", "--head", "--num-cpus=3", "--num-gpus=0", f"--port={gcs}",
-             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-             f"--ray-client-server-port={client_server}", f"--dashboard-agent-listen-port={agent_http}",
-             f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env_agent}",
-             f"--metrics-export-port={metrics}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180,
-        )
-        assert start.returncode == 0, start.stdout + start.stderr
-        wait_for(lambda: _dashboard_up(address), 90, f"the dashboard at {address}", interval=0.5)
-        deployed = subprocess.run([str(VENV_BIN / "serve"), "deploy", str(local_config), "--address", address],
-                                  capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180)
-        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        address, env, (http,) = _start_head(tmp_path, temp_dir, extra_ports=1)
+        config["http_options"] = {"host": "127.0.0.1", "port": http}
+        local_config.write_text(yaml.safe_dump(config))
+        attempts: list[subprocess.CompletedProcess] = []
+
+        def deploy() -> bool:  # the Serve REST API can answer a little after /api/version does
+            attempts.append(subprocess.run([str(VENV_BIN / "serve"), "deploy", str(local_config), "--address", address],
+                                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180))
+            return attempts[-1].returncode == 0
+
+        wait_for(deploy, 120, lambda: f"serve deploy to be accepted; last try:\n{attempts[-1].stdout}{attempts[-1].stderr}",
+                 interval=3.0)
         base = f"http://127.0.0.1:{http}"
 
         def healthy() -> bool:
@@ -183,10 +190,5 @@ def test_serve_deploy_of_the_cluster_config_answers(tmp_path: Path, tiny_checkpo
         models = requests.get(f"{base}/v1/models", timeout=30).json()
         assert models["checkpoint"] == str(tiny_checkpoint) and models["replicas"]["num_replicas"] == 1
     finally:
-        leftovers = kill_ray_processes(temp_dir)
-        deadline = time.monotonic() + 30
-        while ray_processes(temp_dir) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        survivors = kill_ray_processes(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        leftovers, survivors = _stop_head(temp_dir)
     assert leftovers and not survivors, survivors
