@@ -17,7 +17,7 @@ from ..audio.encode import FILE_EXTENSIONS, encode_audio
 from ..audio.qc import check_audio, sanitize
 from ..model.request import GenerationRequest
 from ..storage import Storage
-from ..audio.postprocess import LoopFields, LoopOptions, encode_loop, process_loop
+from ..audio.postprocess import LoopFields, LoopOptions, encode_loop, process_loop, retry_seed
 from .plan import AUDIO_DIR, METADATA_DIR, QC_DIR, REJECTED_DIR
 
 
@@ -164,8 +164,6 @@ class AudioWriter:
 
         started = time.perf_counter()
         attempt, base_seed = int(spec.get("attempt", 1)), int(spec.get("base_seed", spec["request"]["seed"]))
-        from ..audio.postprocess import retry_seed
-
         row.update(attempts=attempt, attempt_seeds=",".join(str(retry_seed(base_seed, k)) for k in range(1, attempt + 1)))
         wave = np.frombuffer(batch["audio"][index], dtype=np.float32).reshape(int(batch["channels"][index]), -1)
         try:

@@ -272,9 +272,13 @@ class AceStepPipeline:
 
     def encode_audio(self, audio: Any) -> torch.Tensor:
         """Decoded audio -> latents (1, 8, 16, T) as upstream's `infer_latents` computes them."""
+        with self._lock, torch.inference_mode():
+            return self._encode(audio)
+
+    def _encode(self, audio: Any) -> torch.Tensor:
         samples, rate = _audio_parts(audio)
-        with self._lock, torch.inference_mode(), self._resident(self.music_dcae) as music_dcae:
-            return music_dcae.encode(samples[None], rate)
+        with self._resident(self.music_dcae) as music_dcae:
+            return music_dcae.encode(samples[None].to(self.device), rate)
 
     # ------------------------------------------------------------------ internals
     @staticmethod
@@ -376,15 +380,10 @@ class AceStepPipeline:
         """Encode each distinct source/reference audio of the group once (model dtype, like upstream)."""
         latents: dict[str, torch.Tensor] = {}
         for request in requests:
-            uri = {"audio2audio": request.ref_audio}.get(request.task, request.src_audio if request.task in SOURCE_TASKS else "")
-            if not uri or uri in latents:
-                continue
-            audio = (inputs or {}).get(uri)
-            if audio is None:
-                audio = _read_local_audio(uri)
-            samples, rate = _audio_parts(audio)
-            with self._resident(self.music_dcae) as music_dcae:
-                latents[uri] = music_dcae.encode(samples[None].to(self.device), rate)
+            uri = request.input_audio
+            if uri and uri not in latents:
+                audio = (inputs or {}).get(uri)
+                latents[uri] = self._encode(audio if audio is not None else _read_local_audio(uri))
         return latents
 
     def _generate_group(

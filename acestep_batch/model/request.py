@@ -82,6 +82,14 @@ class GenerationRequest:
         """repaint/extend/edit carry per-item masks and source latents: one item per loop."""
         return self.task in SOLO_TASKS
 
+    @property
+    def input_audio(self) -> str:
+        """The audio this request starts from: `ref_audio` for audio2audio, `src_audio` for
+        repaint/extend/edit, "" otherwise."""
+        if self.task == "audio2audio":
+            return self.ref_audio
+        return self.src_audio if self.task in SOURCE_TASKS else ""
+
     def effective_retake_seed(self) -> int:
         """The retake noise seed; when not given, a fixed function of `seed` that differs from it
         (equal seeds would draw the retake noise identical to the initial noise)."""
